@@ -1,0 +1,26 @@
+"""fastmlp: train a one-hidden-layer network on the CPU, fast.
+
+The public API:
+
+* :func:`gradient_descent` - the notebook's trainer, as a drop-in.
+* :func:`train` - the same network with options, returning a :class:`Model`.
+* :class:`FastMLPClassifier` - a scikit-learn estimator, a drop-in for
+  ``MLPClassifier`` with one hidden layer.
+* :func:`save_model`, :func:`load_model` - model files.
+"""
+
+from .errors import DivergenceError, ModelFileError
+from .model import Model, Progress
+from .training import gradient_descent, train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DivergenceError",
+    "Model",
+    "ModelFileError",
+    "Progress",
+    "__version__",
+    "gradient_descent",
+    "train",
+]

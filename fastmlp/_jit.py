@@ -1,0 +1,78 @@
+"""How fastmlp compiles its kernels, decided once for every kernel.
+
+Three switches, read from the environment when fastmlp is imported:
+
+``FASTMLP_CACHE`` (default ``1``)
+    Cache compiled kernels on disk (Numba's ``cache=True``) so that a second
+    process loads them instead of compiling again. Numba writes the cache next
+    to the source, or where ``NUMBA_CACHE_DIR`` points; fastmlp never
+    overrides a ``NUMBA_CACHE_DIR`` the user set.
+``FASTMLP_FASTMATH`` (default ``1``)
+    Let LLVM reassociate and contract floating-point arithmetic so that loops
+    vectorise. The flag set leaves out ``nnan`` and ``ninf`` on purpose: with
+    them LLVM may assume that no NaN or infinity ever occurs and optimise away
+    the checks that detect a diverging run (numba#7701, numbagg#287).
+``FASTMLP_PARALLEL`` (default ``1``)
+    Spread kernels over Numba's threads. The number of threads is Numba's
+    own setting (``NUMBA_NUM_THREADS`` or ``numba.set_num_threads``). Results
+    do not depend on it: every kernel splits its work so that each output
+    element is summed in the same order whatever the number of threads.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+from numba import njit
+
+__all__ = ["CACHE", "FASTMATH", "PARALLEL", "kernel"]
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    return value.strip().lower() not in {"0", "false", "no", "off"}
+
+
+CACHE = _env_flag("FASTMLP_CACHE", True)
+PARALLEL = _env_flag("FASTMLP_PARALLEL", True)
+FASTMATH = (
+    frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+    if _env_flag("FASTMLP_FASTMATH", True)
+    else frozenset()
+)
+
+
+def kernel(function=None, *, parallel: bool = False):
+    """Compile ``function`` with fastmlp's settings.
+
+    Kernels release the GIL (``nogil``) so that several Python threads can
+    train at once, and use NumPy's error model so that a division by zero
+    gives inf instead of raising: kernels check finiteness where it matters.
+    """
+
+    def compile_(fn):
+        options = dict(
+            nogil=True,
+            fastmath=set(FASTMATH),
+            error_model="numpy",
+            parallel=parallel and PARALLEL,
+        )
+        if CACHE:
+            try:
+                return njit(cache=True, **options)(fn)
+            except RuntimeError as error:
+                # A read-only install with no writable user cache directory
+                # (numba#1771, #5566): run uncached rather than not at all.
+                warnings.warn(
+                    f"fastmlp cannot cache compiled kernels ({error}); "
+                    "set NUMBA_CACHE_DIR to a writable directory to avoid "
+                    "compiling in every process",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        return njit(cache=False, **options)(fn)
+
+    return compile_ if function is None else compile_(function)

@@ -1,0 +1,631 @@
+"""The fast path: Numba kernels for a network with one hidden layer.
+
+Layout
+------
+The hidden units are the last, contiguous axis of every array that has them,
+so that every inner loop of the kernels runs along a row of hidden units::
+
+    X  (m, n_x)     W1 (n_x, n_h)   b1 (n_h,)   A1 (m, n_h)
+                    W2 (n_y, n_h)   b2 (n_y,)   A2 (m, n_y)
+
+Examples are rows (scikit-learn's layout, the transpose of the notebook's);
+``W1`` is the notebook's ``W1.T`` and ``W2`` is the notebook's ``W2``, so
+``Z1 = X @ W1 + b1`` and ``Z2 = A1 @ W2.T + b2``.
+One output unit means a logistic output (binary classification, as in
+scikit-learn); two or more mean a softmax.
+
+Rules every kernel follows
+--------------------------
+* A kernel allocates nothing: it writes into buffers the caller passes.
+* Each output element is summed in an order fixed by the data alone, never by
+  the number of threads: parallel loops either own whole output rows or
+  reduce over a fixed number of chunks (``N_CHUNKS``) combined in order. The
+  trained weights are therefore bitwise identical for any thread count.
+* Constants take the dtype of the data (``A.dtype.type(1)``): a bare ``1.0``
+  would promote float32 arithmetic to float64.
+* The parameters and their gradients live in one flat vector each (see
+  :func:`unpack`), so that one update kernel serves all four arrays.
+
+Every public kernel has a twin of the same name in :mod:`fastmlp.reference`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from ._jit import kernel
+
+LOGISTIC, TANH, RELU = 0, 1, 2
+"""Hidden activations, by code (kernels take integers, not strings)."""
+
+ACTIVATIONS = {"logistic": LOGISTIC, "tanh": TANH, "relu": RELU}
+
+SGD, MOMENTUM, ADAM = 0, 1, 2
+"""Update rules, by code."""
+
+N_CHUNKS = 16
+"""Reductions over examples are split into this many chunks, whatever the
+number of threads, and the chunks are added in order."""
+
+# Positions in the ``hyper`` vector of optimiser settings.
+LEARNING_RATE, MOMENTUM_COEF, NESTEROV, BETA1, BETA2, EPSILON, L2 = range(7)
+N_HYPER = 7
+
+
+# --------------------------------------------------------------------------
+# Parameter vector
+# --------------------------------------------------------------------------
+@kernel
+def unpack(theta, n_x, n_h, n_y):
+    """Views ``W1, b1, W2, b2`` into the flat parameter (or gradient) vector."""
+    i = n_x * n_h
+    j = i + n_h
+    k = j + n_y * n_h
+    return (
+        theta[:i].reshape((n_x, n_h)),
+        theta[i:j],
+        theta[j:k].reshape((n_y, n_h)),
+        theta[k : k + n_y],
+    )
+
+
+# --------------------------------------------------------------------------
+# Activations, applied in place to one row
+# --------------------------------------------------------------------------
+@kernel
+def _logistic_row(z):
+    # 1 / (1 + exp(-z)) is already stable: for z < -88 (float32) or -709
+    # (float64) exp(-z) overflows to inf and the result is exactly 0.
+    one = z.dtype.type(1)
+    for i in range(z.size):
+        z[i] = one / (one + np.exp(-z[i]))
+
+
+@kernel
+def _activate_row(z, activation):
+    if activation == LOGISTIC:
+        _logistic_row(z)
+    elif activation == TANH:
+        for i in range(z.size):
+            z[i] = np.tanh(z[i])
+    else:
+        zero = z.dtype.type(0)
+        for i in range(z.size):
+            z[i] = max(z[i], zero)
+
+
+@kernel
+def _derivative_row(a, activation):
+    """Overwrite ``a = f(z)`` with ``f'(z)``, which each activation gives from ``a``."""
+    one = a.dtype.type(1)
+    if activation == LOGISTIC:
+        for i in range(a.size):
+            a[i] = a[i] * (one - a[i])
+    elif activation == TANH:
+        for i in range(a.size):
+            a[i] = one - a[i] * a[i]
+    else:
+        zero = a.dtype.type(0)
+        for i in range(a.size):
+            a[i] = one if a[i] > zero else zero
+
+
+@kernel
+def _softmax_row(z):
+    # Subtracting the maximum keeps exp from overflowing; the largest term
+    # becomes exp(0) = 1, so the sum is at least 1.
+    largest = z[0]
+    for i in range(1, z.size):
+        largest = max(largest, z[i])
+    total = z.dtype.type(0)
+    for i in range(z.size):
+        z[i] = np.exp(z[i] - largest)
+        total += z[i]
+    for i in range(z.size):
+        z[i] /= total
+
+
+@kernel(parallel=True)
+def sigmoid(Z, out):
+    """``out = 1 / (1 + exp(-Z))``, elementwise; exact 0 and 1 in the limits."""
+    for r in prange(Z.shape[0]):
+        out[r] = Z[r]
+        _logistic_row(out[r])
+
+
+@kernel(parallel=True)
+def sigmoid_deriv(A, out):
+    """``out = A * (1 - A)``: the sigmoid's derivative from its output ``A``."""
+    for r in prange(A.shape[0]):
+        out[r] = A[r]
+        _derivative_row(out[r], LOGISTIC)
+
+
+@kernel(parallel=True)
+def softmax(Z, out):
+    """Softmax of each row of ``Z`` (each example), stable for any finite logits."""
+    for r in prange(Z.shape[0]):
+        out[r] = Z[r]
+        _softmax_row(out[r])
+
+
+# --------------------------------------------------------------------------
+# Weighted sums of rows: the only place that touches W1 or X element by element
+# --------------------------------------------------------------------------
+@kernel
+def _add_rows(out, weights, M):
+    """``out += weights @ M``: add row ``k`` of ``M`` times ``weights[k]``."""
+    n = weights.size
+    k = 0
+    # Four rows per pass: ``out`` is loaded and stored once for four rows
+    # instead of once per row, which halves the memory traffic.
+    while k + 4 <= n:
+        x0, x1, x2, x3 = weights[k], weights[k + 1], weights[k + 2], weights[k + 3]
+        m0, m1, m2, m3 = M[k], M[k + 1], M[k + 2], M[k + 3]
+        for h in range(out.size):
+            out[h] += (x0 * m0[h] + x1 * m1[h]) + (x2 * m2[h] + x3 * m3[h])
+        k += 4
+    while k < n:
+        x0, m0 = weights[k], M[k]
+        for h in range(out.size):
+            out[h] += x0 * m0[h]
+        k += 1
+
+
+@kernel
+def _add_gathered_rows(out, weights, M, index):
+    """``out += sum_p weights[p] * M[index[p]]``: the sparse form of ``_add_rows``."""
+    n = weights.size
+    p = 0
+    while p + 4 <= n:
+        x0, x1, x2, x3 = weights[p], weights[p + 1], weights[p + 2], weights[p + 3]
+        m0, m1 = M[index[p]], M[index[p + 1]]
+        m2, m3 = M[index[p + 2]], M[index[p + 3]]
+        for h in range(out.size):
+            out[h] += (x0 * m0[h] + x1 * m1[h]) + (x2 * m2[h] + x3 * m3[h])
+        p += 4
+    while p < n:
+        x0, m0 = weights[p], M[index[p]]
+        for h in range(out.size):
+            out[h] += x0 * m0[h]
+        p += 1
+
+
+# --------------------------------------------------------------------------
+# Sparse input: the MNIST pixels are about 81 % zeros
+# --------------------------------------------------------------------------
+@kernel
+def compress_rows(X, rows, indptr, indices, values):
+    """Write the nonzeros of ``X[rows]`` in CSR form; return how many there are.
+
+    ``indices`` and ``values`` need room for ``rows.size * X.shape[1]`` entries.
+    """
+    n = 0
+    indptr[0] = 0
+    for r in range(rows.size):
+        x = X[rows[r]]
+        for k in range(x.size):
+            # Branch-free: always write, advance only past a nonzero.
+            indices[n] = k
+            values[n] = x[k]
+            n += x[k] != 0
+        indptr[r + 1] = n
+    return n
+
+
+@kernel
+def transpose_sparse(indptr, indices, values, n_cols, colptr, rowidx, colvalues):
+    """CSR to CSC: the same nonzeros, grouped by column, rows in increasing order."""
+    colptr[:] = 0
+    for p in range(indptr[-1]):
+        colptr[indices[p] + 1] += 1
+    for k in range(n_cols):
+        colptr[k + 1] += colptr[k]
+    # colptr[k] serves as the write cursor of column k, then is shifted back.
+    for r in range(indptr.size - 1):
+        for p in range(indptr[r], indptr[r + 1]):
+            k = indices[p]
+            q = colptr[k]
+            rowidx[q] = r
+            colvalues[q] = values[p]
+            colptr[k] = q + 1
+    for k in range(n_cols, 0, -1):
+        colptr[k] = colptr[k - 1]
+    colptr[0] = 0
+
+
+# --------------------------------------------------------------------------
+# Forward pass
+# --------------------------------------------------------------------------
+@kernel
+def _dot(a, b):
+    total = a[0] * 0
+    for i in range(a.size):
+        total += a[i] * b[i]
+    return total
+
+
+@kernel
+def _output_layer(a1, activation, W2, b2, a2):
+    """From ``a1 = Z1`` of one example: activate it, then ``a2 = out(W2 a1 + b2)``."""
+    _activate_row(a1, activation)
+    for o in range(a2.size):
+        a2[o] = b2[o] + _dot(W2[o], a1)
+    if a2.size == 1:
+        _logistic_row(a2)
+    else:
+        _softmax_row(a2)
+
+
+@kernel(parallel=True)
+def forward(X, rows, W1, b1, W2, b2, activation, A1, A2):
+    """Forward pass on the examples ``X[rows]``, dense input.
+
+    Writes ``A1 = f(X W1 + b1)`` and ``A2 = softmax(A1 W2.T + b2)``, one row per
+    example; nothing else is stored.
+    """
+    for r in prange(rows.size):
+        A1[r] = b1
+        _add_rows(A1[r], X[rows[r]], W1)
+        _output_layer(A1[r], activation, W2, b2, A2[r])
+
+
+@kernel(parallel=True)
+def forward_sparse(indptr, indices, values, W1, b1, W2, b2, activation, A1, A2):
+    """:func:`forward` with the input in CSR form: zeros cost nothing."""
+    for r in prange(indptr.size - 1):
+        lo, hi = indptr[r], indptr[r + 1]
+        A1[r] = b1
+        _add_gathered_rows(A1[r], values[lo:hi], W1, indices[lo:hi])
+        _output_layer(A1[r], activation, W2, b2, A2[r])
+
+
+# --------------------------------------------------------------------------
+# Backward pass
+# --------------------------------------------------------------------------
+@kernel
+def _output_delta_row(a2, label):
+    """``a2 := dZ2 = A2 - Y`` for one example; return its cross-entropy.
+
+    Probabilities are clipped to ``[eps, 1 - eps]`` inside the logarithm, as
+    scikit-learn does, so the loss stays finite when a class gets probability 0.
+    """
+    one = a2.dtype.type(1)
+    eps = np.finfo(a2.dtype).eps
+    if a2.size == 1:
+        p = min(max(a2[0], eps), one - eps)
+        loss = -np.log(p) if label == 1 else -np.log(one - p)
+        a2[0] -= label
+    else:
+        p = min(max(a2[label], eps), one - eps)
+        loss = -np.log(p)
+        a2[label] -= one
+    return np.float64(loss)
+
+
+@kernel(parallel=True)
+def _deltas(y, rows, W2, activation, A1, A2, partial, partial_loss):
+    """Turn ``A2`` into ``dZ2`` and ``A1`` into ``dZ1`` in place, and sum per chunk
+    the loss and the output-layer gradients.
+
+    Row ``c`` of ``partial`` holds chunk ``c``'s sums ``dW2`` (``n_y*n_h``),
+    ``db2`` (``n_y``), ``db1`` (``n_h``), then room for one row of ``n_h``.
+    """
+    m = rows.size
+    n_y, n_h = W2.shape
+    for c in prange(N_CHUNKS):
+        sums = partial[c]
+        sums[:] = 0
+        dW2 = sums[: n_y * n_h].reshape((n_y, n_h))
+        db2 = sums[n_y * n_h : n_y * n_h + n_y]
+        db1 = sums[n_y * n_h + n_y : n_y * n_h + n_y + n_h]
+        back = sums[n_y * n_h + n_y + n_h :]
+        loss = 0.0
+        for r in range(c * m // N_CHUNKS, (c + 1) * m // N_CHUNKS):
+            dz2, a1 = A2[r], A1[r]
+            loss += _output_delta_row(dz2, y[rows[r]])
+            for o in range(n_y):
+                db2[o] += dz2[o]
+                g, d = dW2[o], dz2[o]
+                for h in range(n_h):
+                    g[h] += d * a1[h]
+            # dZ1 = (dZ2 @ W2) * f'(Z1), written over A1, which is used up.
+            back[:] = 0
+            _add_rows(back, dz2, W2)
+            _derivative_row(a1, activation)
+            for h in range(n_h):
+                a1[h] *= back[h]
+                db1[h] += a1[h]
+        partial_loss[c] = loss
+
+
+@kernel
+def _sum_of_squares(M):
+    total = 0.0
+    for i in range(M.shape[0]):
+        for j in range(M.shape[1]):
+            total += M[i, j] * M[i, j]
+    return total
+
+
+@kernel
+def _finish_output_gradients(partial, partial_loss, m, W1, W2, l2, dW2, db2, db1):
+    """Add the chunks in order into ``dW2, db2, db1``, make them means over the
+    ``m`` examples (with the L2 term on ``W2``) and return the mean loss."""
+    n_y, n_h = W2.shape
+    scale = dW2.dtype.type(1.0 / m)
+    penalty = dW2.dtype.type(l2)
+    dW2[:] = 0
+    db2[:] = 0
+    db1[:] = 0
+    loss = 0.0
+    for c in range(N_CHUNKS):
+        sums = partial[c]
+        for o in range(n_y):
+            for h in range(n_h):
+                dW2[o, h] += sums[o * n_h + h]
+        for o in range(n_y):
+            db2[o] += sums[n_y * n_h + o]
+        for h in range(n_h):
+            db1[h] += sums[n_y * n_h + n_y + h]
+        loss += partial_loss[c]
+    for o in range(n_y):
+        for h in range(n_h):
+            dW2[o, h] = (dW2[o, h] + penalty * W2[o, h]) * scale
+    for o in range(n_y):
+        db2[o] *= scale
+    for h in range(n_h):
+        db1[h] *= scale
+    loss /= m
+    if l2 > 0:
+        loss += 0.5 * l2 * (_sum_of_squares(W1) + _sum_of_squares(W2)) / m
+    return loss
+
+
+@kernel(parallel=True)
+def _input_gradient(X, rows, dZ1, W1, l2, dW1):
+    """``dW1 = (X[rows].T @ dZ1 + l2 W1) / m``, dense input."""
+    n_x, n_h = W1.shape
+    scale = dW1.dtype.type(1.0 / rows.size)
+    penalty = dW1.dtype.type(l2)
+    # Blocks of 16 features own their rows of dW1; within a block the
+    # examples are added in order, so no thread count changes a sum.
+    for block in prange((n_x + 15) // 16):
+        k0, k1 = block * 16, min(n_x, block * 16 + 16)
+        dW1[k0:k1] = 0
+        for r in range(rows.size):
+            x, dz1 = X[rows[r]], dZ1[r]
+            for k in range(k0, k1):
+                g, xk = dW1[k], x[k]
+                for h in range(n_h):
+                    g[h] += xk * dz1[h]
+        for k in range(k0, k1):
+            for h in range(n_h):
+                dW1[k, h] = (dW1[k, h] + penalty * W1[k, h]) * scale
+
+
+@kernel(parallel=True)
+def _input_gradient_sparse(colptr, rowidx, colvalues, dZ1, W1, l2, dW1):
+    """``dW1 = (X.T @ dZ1 + l2 W1) / m`` with ``X`` in CSC form: each feature's
+    row of ``dW1`` sums only the examples where that feature is nonzero."""
+    n_x, n_h = W1.shape
+    scale = dW1.dtype.type(1.0 / dZ1.shape[0])
+    penalty = dW1.dtype.type(l2)
+    for k in prange(n_x):
+        g = dW1[k]
+        g[:] = 0
+        lo, hi = colptr[k], colptr[k + 1]
+        _add_gathered_rows(g, colvalues[lo:hi], dZ1, rowidx[lo:hi])
+        for h in range(n_h):
+            g[h] = (g[h] + penalty * W1[k, h]) * scale
+
+
+@kernel
+def backward(
+    X, rows, y, W1, W2, activation, l2, A1, A2, dW1, db1, dW2, db2, partial, partial_loss
+):
+    """All six gradients of the mean cross-entropy (plus ``l2/2m`` times the
+    squared weights) for the examples ``X[rows]`` with labels ``y[rows]``.
+
+    ``A1, A2`` come from :func:`forward` and are overwritten with ``dZ1, dZ2``.
+    ``partial`` (``N_CHUNKS`` x ``n_y*n_h + n_y + 2*n_h``) and ``partial_loss``
+    (``N_CHUNKS``, float64) are scratch. Returns the loss.
+    """
+    _deltas(y, rows, W2, activation, A1, A2, partial, partial_loss)
+    loss = _finish_output_gradients(
+        partial, partial_loss, rows.size, W1, W2, l2, dW2, db2, db1
+    )
+    _input_gradient(X, rows, A1, W1, l2, dW1)
+    return loss
+
+
+@kernel
+def backward_sparse(
+    colptr,
+    rowidx,
+    colvalues,
+    rows,
+    y,
+    W1,
+    W2,
+    activation,
+    l2,
+    A1,
+    A2,
+    dW1,
+    db1,
+    dW2,
+    db2,
+    partial,
+    partial_loss,
+):
+    """:func:`backward` with the input ``X[rows]`` in CSC form."""
+    _deltas(y, rows, W2, activation, A1, A2, partial, partial_loss)
+    loss = _finish_output_gradients(
+        partial, partial_loss, rows.size, W1, W2, l2, dW2, db2, db1
+    )
+    _input_gradient_sparse(colptr, rowidx, colvalues, A1, W1, l2, dW1)
+    return loss
+
+
+# --------------------------------------------------------------------------
+# Parameter updates, in place on the flat parameter vector
+# --------------------------------------------------------------------------
+@kernel(parallel=True)
+def sgd_update(theta, grads, learning_rate):
+    """``theta -= learning_rate * grads``."""
+    lr = theta.dtype.type(learning_rate)
+    for i in prange(theta.size):
+        theta[i] -= lr * grads[i]
+
+
+@kernel(parallel=True)
+def momentum_update(theta, grads, velocity, learning_rate, momentum, nesterov):
+    """``v = momentum v - lr g``; ``theta += v``, or with Nesterov's look-ahead
+    ``theta += momentum v - lr g`` (scikit-learn's SGDOptimizer)."""
+    lr = theta.dtype.type(learning_rate)
+    mu = theta.dtype.type(momentum)
+    for i in prange(theta.size):
+        velocity[i] = mu * velocity[i] - lr * grads[i]
+        if nesterov:
+            theta[i] += mu * velocity[i] - lr * grads[i]
+        else:
+            theta[i] += velocity[i]
+
+
+@kernel(parallel=True)
+def adam_update(theta, grads, m, v, learning_rate, beta1, beta2, epsilon, t):
+    """Adam's step ``t`` (counted from 1), with its bias correction folded into
+    the learning rate as in scikit-learn's AdamOptimizer."""
+    one = theta.dtype.type(1)
+    b1, b2 = theta.dtype.type(beta1), theta.dtype.type(beta2)
+    eps = theta.dtype.type(epsilon)
+    lr = theta.dtype.type(learning_rate * np.sqrt(1.0 - beta2**t) / (1.0 - beta1**t))
+    for i in prange(theta.size):
+        g = grads[i]
+        m[i] = b1 * m[i] + (one - b1) * g
+        v[i] = b2 * v[i] + (one - b2) * (g * g)
+        theta[i] -= lr * m[i] / (np.sqrt(v[i]) + eps)
+
+
+@kernel
+def _update(solver, theta, grads, state, hyper, step):
+    if solver == ADAM:
+        step[0] += 1
+        adam_update(
+            theta,
+            grads,
+            state[0],
+            state[1],
+            hyper[LEARNING_RATE],
+            hyper[BETA1],
+            hyper[BETA2],
+            hyper[EPSILON],
+            step[0],
+        )
+    elif solver == MOMENTUM:
+        momentum_update(
+            theta,
+            grads,
+            state[0],
+            hyper[LEARNING_RATE],
+            hyper[MOMENTUM_COEF],
+            hyper[NESTEROV] != 0,
+        )
+    else:
+        sgd_update(theta, grads, hyper[LEARNING_RATE])
+
+
+@kernel
+def _finite(loss, grads):
+    # inf * 0 and nan * 0 are nan, finite * 0 is 0: one pass, no branches.
+    total = loss * 0.0
+    for i in range(grads.size):
+        total += grads[i] * 0
+    return total == 0
+
+
+# --------------------------------------------------------------------------
+# Training steps and epochs
+# --------------------------------------------------------------------------
+@kernel
+def _update_if_finite(loss, theta, grads, optimizer):
+    solver, hyper, state, step = optimizer
+    if not _finite(loss, grads):
+        return False
+    _update(solver, theta, grads, state, hyper, step)
+    return True
+
+
+@kernel
+def train_step(X, rows, y, theta, grads, activation, optimizer, work):
+    """One forward pass, backward pass and update on the examples ``X[rows]``.
+
+    ``optimizer`` is ``(solver, hyper, state, step)`` and ``work`` is
+    ``(A1, A2, partial, partial_loss)``, with room for ``rows.size`` examples.
+    Returns the loss before the update and whether the update was made: it
+    is not when the loss or a gradient is not finite, and then the
+    parameters are left exactly as they were.
+    """
+    A1, A2, partial, partial_loss = work
+    m, n_x, n_h, n_y = rows.size, X.shape[1], A1.shape[1], A2.shape[1]
+    W1, b1, W2, b2 = unpack(theta, n_x, n_h, n_y)
+    dW1, db1, dW2, db2 = unpack(grads, n_x, n_h, n_y)
+    A1, A2 = A1[:m], A2[:m]
+    forward(X, rows, W1, b1, W2, b2, activation, A1, A2)
+    loss = backward(
+        X, rows, y, W1, W2, activation, optimizer[1][L2], A1, A2,
+        dW1, db1, dW2, db2, partial, partial_loss,
+    )  # fmt: skip
+    return loss, _update_if_finite(loss, theta, grads, optimizer)
+
+
+@kernel
+def train_step_sparse(csr, csc, rows, y, theta, grads, activation, optimizer, work):
+    """:func:`train_step` with ``X[rows]`` given twice: ``csr = (indptr, indices,
+    values)`` for the forward pass, ``csc = (colptr, rowidx, colvalues)`` for
+    the backward pass."""
+    A1, A2, partial, partial_loss = work
+    m, n_x, n_h, n_y = rows.size, csc[0].size - 1, A1.shape[1], A2.shape[1]
+    W1, b1, W2, b2 = unpack(theta, n_x, n_h, n_y)
+    dW1, db1, dW2, db2 = unpack(grads, n_x, n_h, n_y)
+    A1, A2 = A1[:m], A2[:m]
+    forward_sparse(csr[0][: m + 1], csr[1], csr[2], W1, b1, W2, b2, activation, A1, A2)
+    loss = backward_sparse(
+        csc[0], csc[1], csc[2], rows, y, W1, W2, activation, optimizer[1][L2],
+        A1, A2, dW1, db1, dW2, db2, partial, partial_loss,
+    )  # fmt: skip
+    return loss, _update_if_finite(loss, theta, grads, optimizer)
+
+
+@kernel
+def minibatch_epoch(
+    X, y, order, batch_size, theta, grads, activation, optimizer, work, csr, csc, sparse
+):
+    """One epoch of mini-batch training over the examples in ``order``.
+
+    With ``sparse`` each batch is compressed into ``csr`` and ``csc`` (room
+    for ``batch_size * n_x`` nonzeros) before its step. Returns the sum over
+    batches of loss times batch size, and the index of the batch whose loss
+    or gradient was not finite (the epoch stops there), or -1.
+    """
+    total = 0.0
+    n_x = X.shape[1]
+    for batch, start in enumerate(range(0, order.size, batch_size)):
+        rows = order[start : start + batch_size]
+        if sparse:
+            indptr = csr[0][: rows.size + 1]
+            compress_rows(X, rows, indptr, csr[1], csr[2])
+            transpose_sparse(indptr, csr[1], csr[2], n_x, csc[0], csc[1], csc[2])
+            loss, updated = train_step_sparse(
+                csr, csc, rows, y, theta, grads, activation, optimizer, work
+            )
+        else:
+            loss, updated = train_step(
+                X, rows, y, theta, grads, activation, optimizer, work
+            )
+        if not updated:
+            return total, batch
+        total += loss * rows.size
+    return total, -1
