@@ -38,19 +38,16 @@ def as_matrix(X, name: str = "X", *, dtype=None, n_features: int | None = None):
     """
     if hasattr(X, "toarray") and hasattr(X, "nnz"):
         raise TypeError(
-            f"{name} is a scipy.sparse matrix; pass a dense array "
-            "(fastmlp finds the zeros itself)"
+            f"{name} is a scipy.sparse matrix; pass a dense array (fastmlp finds the zeros itself)"
         )
     array = np.asarray(X)
     if array.dtype.kind not in "fiub":
         raise TypeError(
-            f"{name} must hold numbers (floats, integers or booleans), "
-            f"got dtype {array.dtype}"
+            f"{name} must hold numbers (floats, integers or booleans), got dtype {array.dtype}"
         )
     if array.ndim != 2:
         raise ValueError(
-            f"{name} must be 2-D (examples x features), got {array.ndim}-D "
-            f"with shape {array.shape}"
+            f"{name} must be 2-D (examples x features), got {array.ndim}-D with shape {array.shape}"
         )
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(f"{name} is empty: shape {array.shape}")
@@ -79,13 +76,9 @@ def as_labels(y, n_examples: int, name: str = "y"):
     if array.ndim == 2 and array.shape[1] == 1:
         array = array.ravel()
     if array.ndim != 1:
-        raise ValueError(
-            f"{name} must be 1-D (one label per example), got shape {array.shape}"
-        )
+        raise ValueError(f"{name} must be 1-D (one label per example), got shape {array.shape}")
     if array.shape[0] != n_examples:
-        raise ValueError(
-            f"{name} has {array.shape[0]} labels but X has {n_examples} examples"
-        )
+        raise ValueError(f"{name} has {array.shape[0]} labels but X has {n_examples} examples")
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise ValueError(f"{name} contains NaN or infinity")
     if array.dtype.kind == "O":

@@ -69,9 +69,7 @@ def _cmd_train(args) -> int:
         accuracy = model.score(held_out.X, held_out.y)
         print(f"Held-out accuracy: {accuracy * 100:.2f}% ({len(held_out.y):,} examples)")
     total = time.perf_counter() - started
-    print(
-        f"Wall time: {total:.2f} s (training {fit_seconds:.2f} s, {args.backend} backend)"
-    )
+    print(f"Wall time: {total:.2f} s (training {fit_seconds:.2f} s, {args.backend} backend)")
     return 0
 
 
@@ -109,9 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a network. With no options: the notebook's experiment "
         "(first 2,000 MNIST images, 64 sigmoid units, alpha 0.5, 1,000 iterations).",
     )
-    p.add_argument(
-        "--data", default="mnist", help="mnist, digits or idx:DIR (default: mnist)"
-    )
+    p.add_argument("--data", default="mnist", help="mnist, digits or idx:DIR (default: mnist)")
     p.add_argument("--backend", choices=("numba", "numpy"), default="numba")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     p.add_argument("--hidden", type=_positive_int, default=64)

@@ -106,14 +106,9 @@ def read_idx(path, *, magic: int | None = None) -> np.ndarray:
     expected = header + int(np.prod(shape)) * dtype.itemsize
     if len(raw) != expected:
         raise ValueError(
-            f"{path}: {len(raw)} bytes, but a {dtype.name} array of shape {shape} "
-            f"takes {expected}"
+            f"{path}: {len(raw)} bytes, but a {dtype.name} array of shape {shape} takes {expected}"
         )
-    return (
-        np.frombuffer(raw, dtype, offset=header)
-        .reshape(shape)
-        .astype(dtype.newbyteorder("="))
-    )
+    return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def _find(directory: Path, stem: str) -> Path | None:
@@ -154,9 +149,7 @@ def load_idx_dir(directory) -> Dataset:
     X = np.concatenate([p[0] for p in parts])
     y = np.concatenate([p[1] for p in parts]).astype(np.int64)
     n, height, width = X.shape
-    return Dataset(
-        X.reshape(n, height * width) / 255.0, y, f"idx:{directory}", (height, width)
-    )
+    return Dataset(X.reshape(n, height * width) / 255.0, y, f"idx:{directory}", (height, width))
 
 
 def load_digits() -> Dataset:
@@ -187,9 +180,7 @@ def fetch_mnist(data_home=None) -> Dataset:
                 data_home=data_home, n_retries=1, delay=0.5,
             )  # fmt: skip
     except OSError as error:  # URLError, HTTPError and socket errors
-        raise DatasetUnavailable(
-            f"MNIST could not be fetched from OpenML ({error})"
-        ) from None
+        raise DatasetUnavailable(f"MNIST could not be fetched from OpenML ({error})") from None
     return Dataset(mnist.data / 255.0, mnist.target.astype(np.int64), "mnist", (28, 28))
 
 

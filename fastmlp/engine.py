@@ -116,7 +116,11 @@ def _work(capacity: int, n_h: int, n_y: int, dtype):
 
 def _sparse_buffers(n_rows: int, n_x: int, nnz: int, dtype):
     """CSR and CSC buffers for ``nnz`` nonzeros in ``n_rows`` rows (one spare
-    entry: :func:`kernels.compress_rows` writes one past the last nonzero)."""
+    entry: :func:`kernels.compress_rows` writes one past the last nonzero),
+    or the empty arrays that tell the kernels to read the input as it is."""
+    if n_rows == 0:
+        empty = (np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0, dtype))
+        return empty, empty
     csr = (
         np.empty(n_rows + 1, np.int64),
         np.empty(nnz + 1, np.int32),
@@ -149,6 +153,7 @@ class FastNetwork:
         self.activation = activation
         self._code = kernels.ACTIVATIONS[activation]
         self._epoch_buffers = {}
+        self._dense = _sparse_buffers(0, n_x, 0, theta.dtype)[0]
 
     @property
     def dtype(self):
@@ -168,8 +173,9 @@ class FastNetwork:
         for start in range(0, m, size):
             rows = np.arange(start, min(m, start + size))
             kernels.forward(
-                X, rows, *self.params, self._code, A1[: rows.size], A2[start:][: rows.size]
-            )
+                X, rows, self._dense, *self.params, self._code, A1[: rows.size],
+                A2[start:][: rows.size],
+            )  # fmt: skip
         return A2
 
     def full_batch(self, X, labels, sparse: bool | None = None) -> FullBatch:
@@ -187,15 +193,18 @@ class FastNetwork:
         if key not in self._epoch_buffers:
             n_x, n_h, n_y = self.dims
             work = _work(batch_size, n_h, n_y, self.dtype)
-            capacity = batch_size * n_x if sparse else 0
             csr, csc = _sparse_buffers(
-                batch_size if sparse else 0, n_x, capacity, self.dtype
+                batch_size if sparse else 0, n_x, batch_size * n_x, self.dtype
             )
             self._epoch_buffers = {key: (work, csr, csc)}
         work, csr, csc = self._epoch_buffers[key]
-        total, failed = kernels.minibatch_epoch(
+        mode = kernels.SPARSE if sparse else kernels.DENSE
+        return self._train_epoch(X, labels, order, batch_size, optimizer, work, csr, csc, mode)
+
+    def _train_epoch(self, X, labels, order, batch_size, optimizer, work, csr, csc, mode):
+        total, failed = kernels.train_epoch(
             X, labels, order, batch_size, self.theta, self.grads, self._code,
-            optimizer.as_kernel_args(), work, csr, csc, sparse,
+            optimizer.as_kernel_args(), work, csr, csc, mode,
         )  # fmt: skip
         return float(total), int(failed)
 
@@ -212,36 +221,33 @@ class FullBatch:
         n_x, n_h, n_y = network.dims
         m = X.shape[0]
         self.network = network
-        self.X, self.labels, self.sparse = X, labels, sparse
+        self.X, self.labels = X, labels
         self.rows = np.arange(m)
         self.work = _work(m, n_h, n_y, network.dtype)
+        nnz = int(np.count_nonzero(X)) if sparse else 0
+        self.csr, self.csc = _sparse_buffers(m if sparse else 0, n_x, nnz, network.dtype)
         if sparse:
-            nnz = int(np.count_nonzero(X))
-            self.csr, self.csc = _sparse_buffers(m, n_x, nnz, network.dtype)
             kernels.compress_rows(X, self.rows, *self.csr)
             kernels.transpose_sparse(*self.csr, n_x, *self.csc)
+        self.mode = kernels.SPARSE_PREPARED if sparse else kernels.DENSE
 
     def step(self, optimizer: Optimizer) -> tuple[float, bool]:
         """One forward, backward and update; returns the loss before the update
         and whether the update was made (not when anything is non-finite)."""
-        net = self.network
-        common = (net.theta, net.grads, net._code, optimizer.as_kernel_args(), self.work)
-        if self.sparse:
-            loss, updated = kernels.train_step_sparse(
-                self.csr, self.csc, self.rows, self.labels, *common
-            )
-        else:
-            loss, updated = kernels.train_step(self.X, self.rows, self.labels, *common)
-        return float(loss), bool(updated)
+        m = self.rows.size
+        total, failed = self.network._train_epoch(
+            self.X, self.labels, self.rows, m, optimizer, self.work, self.csr, self.csc,
+            self.mode,
+        )  # fmt: skip
+        if failed >= 0:
+            return float("nan"), False
+        return total / m, True
 
     def predicted_classes(self) -> np.ndarray:
         """Class indices the current parameters predict for the training data."""
         net = self.network
         A1, A2 = self.work[0], self.work[1]
-        if self.sparse:
-            kernels.forward_sparse(*self.csr[:3], *net.params, net._code, A1, A2)
-        else:
-            kernels.forward(self.X, self.rows, *net.params, net._code, A1, A2)
+        kernels.forward(self.X, self.rows, self.csr, *net.params, net._code, A1, A2)
         return class_indices(A2)
 
 

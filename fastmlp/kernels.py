@@ -259,25 +259,22 @@ def _output_layer(a1, activation, W2, b2, a2):
 
 
 @kernel(parallel=True)
-def forward(X, rows, W1, b1, W2, b2, activation, A1, A2):
-    """Forward pass on the examples ``X[rows]``, dense input.
+def forward(X, rows, csr, W1, b1, W2, b2, activation, A1, A2):
+    """Forward pass on the examples ``X[rows]``.
 
-    Writes ``A1 = f(X W1 + b1)`` and ``A2 = softmax(A1 W2.T + b2)``, one row per
-    example; nothing else is stored.
+    Writes ``A1 = f(X W1 + b1)`` and ``A2 = softmax(A1 W2.T + b2)``, one row
+    per example; nothing else is stored. ``csr = (indptr, indices, values)``
+    holds the nonzeros of ``X[rows]`` (from :func:`compress_rows`), and then
+    the first layer skips the zeros; empty arrays mean: read ``X`` as it is.
     """
+    indptr, indices, values = csr
     for r in prange(rows.size):
         A1[r] = b1
-        _add_rows(A1[r], X[rows[r]], W1)
-        _output_layer(A1[r], activation, W2, b2, A2[r])
-
-
-@kernel(parallel=True)
-def forward_sparse(indptr, indices, values, W1, b1, W2, b2, activation, A1, A2):
-    """:func:`forward` with the input in CSR form: zeros cost nothing."""
-    for r in prange(indptr.size - 1):
-        lo, hi = indptr[r], indptr[r + 1]
-        A1[r] = b1
-        _add_gathered_rows(A1[r], values[lo:hi], W1, indices[lo:hi])
+        if indptr.size == 0:
+            _add_rows(A1[r], X[rows[r]], W1)
+        else:
+            lo, hi = indptr[r], indptr[r + 1]
+            _add_gathered_rows(A1[r], values[lo:hi], W1, indices[lo:hi])
         _output_layer(A1[r], activation, W2, b2, A2[r])
 
 
@@ -304,189 +301,140 @@ def _output_delta_row(a2, label):
     return np.float64(loss)
 
 
-@kernel(parallel=True)
-def _deltas(y, rows, W2, activation, A1, A2, partial, partial_loss):
-    """Turn ``A2`` into ``dZ2`` and ``A1`` into ``dZ1`` in place, and sum per chunk
-    the loss and the output-layer gradients.
+@kernel
+def _backprop_row(label, W2, activation, a1, dz2, sums):
+    """One example's share of the backward pass; returns its loss.
 
-    Row ``c`` of ``partial`` holds chunk ``c``'s sums ``dW2`` (``n_y*n_h``),
-    ``db2`` (``n_y``), ``db1`` (``n_h``), then room for one row of ``n_h``.
+    Turns ``dz2 = a2`` into ``A2 - Y`` and ``a1`` into ``dZ1``, and adds the
+    example's terms into ``sums``: ``dW2`` (``n_y*n_h``), ``db2`` (``n_y``),
+    ``db1`` (``n_h``), followed by ``n_h`` entries of scratch.
     """
-    m = rows.size
     n_y, n_h = W2.shape
-    for c in prange(N_CHUNKS):
-        sums = partial[c]
-        sums[:] = 0
-        dW2 = sums[: n_y * n_h].reshape((n_y, n_h))
-        db2 = sums[n_y * n_h : n_y * n_h + n_y]
-        db1 = sums[n_y * n_h + n_y : n_y * n_h + n_y + n_h]
-        back = sums[n_y * n_h + n_y + n_h :]
-        loss = 0.0
-        for r in range(c * m // N_CHUNKS, (c + 1) * m // N_CHUNKS):
-            dz2, a1 = A2[r], A1[r]
-            loss += _output_delta_row(dz2, y[rows[r]])
-            for o in range(n_y):
-                db2[o] += dz2[o]
-                g, d = dW2[o], dz2[o]
-                for h in range(n_h):
-                    g[h] += d * a1[h]
-            # dZ1 = (dZ2 @ W2) * f'(Z1), written over A1, which is used up.
-            back[:] = 0
-            _add_rows(back, dz2, W2)
-            _derivative_row(a1, activation)
-            for h in range(n_h):
-                a1[h] *= back[h]
-                db1[h] += a1[h]
-        partial_loss[c] = loss
+    dW2 = sums[: n_y * n_h].reshape((n_y, n_h))
+    db2 = sums[n_y * n_h : n_y * n_h + n_y]
+    db1 = sums[n_y * n_h + n_y : n_y * n_h + n_y + n_h]
+    back = sums[n_y * n_h + n_y + n_h :]
+    loss = _output_delta_row(dz2, label)
+    for o in range(n_y):
+        db2[o] += dz2[o]
+        g, d = dW2[o], dz2[o]
+        for h in range(n_h):
+            g[h] += d * a1[h]
+    # dZ1 = (dZ2 @ W2) * f'(Z1), written over A1, which is used up.
+    back[:] = 0
+    _add_rows(back, dz2, W2)
+    _derivative_row(a1, activation)
+    for h in range(n_h):
+        a1[h] *= back[h]
+        db1[h] += a1[h]
+    return loss
 
 
 @kernel
 def _sum_of_squares(M):
+    flat = M.reshape(M.size)
     total = 0.0
-    for i in range(M.shape[0]):
-        for j in range(M.shape[1]):
-            total += M[i, j] * M[i, j]
+    for i in range(flat.size):
+        total += flat[i] * flat[i]
     return total
 
 
 @kernel
-def _finish_output_gradients(partial, partial_loss, m, W1, W2, l2, dW2, db2, db1):
-    """Add the chunks in order into ``dW2, db2, db1``, make them means over the
-    ``m`` examples (with the L2 term on ``W2``) and return the mean loss."""
-    n_y, n_h = W2.shape
-    scale = dW2.dtype.type(1.0 / m)
-    penalty = dW2.dtype.type(l2)
-    dW2[:] = 0
+def _add_chunks(partial, partial_loss, m, W1, W2, l2, dW2, db2, db1):
+    """Add the chunks' sums in order into ``dW2, db2, db1``, make them means
+    over the ``m`` examples (with the L2 term on ``W2``) and return the loss."""
+    k, n_y, n_h = W2.size, W2.shape[0], W2.shape[1]
+    gW2, w2 = dW2.reshape(k), W2.reshape(k)
+    gW2[:] = 0
     db2[:] = 0
     db1[:] = 0
-    loss = 0.0
     for c in range(N_CHUNKS):
         sums = partial[c]
-        for o in range(n_y):
-            for h in range(n_h):
-                dW2[o, h] += sums[o * n_h + h]
-        for o in range(n_y):
-            db2[o] += sums[n_y * n_h + o]
-        for h in range(n_h):
-            db1[h] += sums[n_y * n_h + n_y + h]
-        loss += partial_loss[c]
-    for o in range(n_y):
-        for h in range(n_h):
-            dW2[o, h] = (dW2[o, h] + penalty * W2[o, h]) * scale
-    for o in range(n_y):
-        db2[o] *= scale
-    for h in range(n_h):
-        db1[h] *= scale
-    loss /= m
+        gW2 += sums[:k]
+        db2 += sums[k : k + n_y]
+        db1 += sums[k + n_y : k + n_y + n_h]
+    scale = dW2.dtype.type(1.0 / m)
+    penalty = dW2.dtype.type(l2)
+    for i in range(k):
+        gW2[i] = (gW2[i] + penalty * w2[i]) * scale
+    db2 *= scale
+    db1 *= scale
+    loss = partial_loss.sum() / m
     if l2 > 0:
         loss += 0.5 * l2 * (_sum_of_squares(W1) + _sum_of_squares(W2)) / m
     return loss
 
 
-@kernel(parallel=True)
-def _input_gradient(X, rows, dZ1, W1, l2, dW1):
-    """``dW1 = (X[rows].T @ dZ1 + l2 W1) / m``, dense input."""
-    n_x, n_h = W1.shape
-    scale = dW1.dtype.type(1.0 / rows.size)
-    penalty = dW1.dtype.type(l2)
-    # Blocks of 16 features own their rows of dW1; within a block the
-    # examples are added in order, so no thread count changes a sum.
-    for block in prange((n_x + 15) // 16):
-        k0, k1 = block * 16, min(n_x, block * 16 + 16)
-        dW1[k0:k1] = 0
-        for r in range(rows.size):
-            x, dz1 = X[rows[r]], dZ1[r]
-            for k in range(k0, k1):
-                g, xk = dW1[k], x[k]
-                for h in range(n_h):
-                    g[h] += xk * dz1[h]
-        for k in range(k0, k1):
-            for h in range(n_h):
-                dW1[k, h] = (dW1[k, h] + penalty * W1[k, h]) * scale
-
-
-@kernel(parallel=True)
-def _input_gradient_sparse(colptr, rowidx, colvalues, dZ1, W1, l2, dW1):
-    """``dW1 = (X.T @ dZ1 + l2 W1) / m`` with ``X`` in CSC form: each feature's
-    row of ``dW1`` sums only the examples where that feature is nonzero."""
-    n_x, n_h = W1.shape
-    scale = dW1.dtype.type(1.0 / dZ1.shape[0])
-    penalty = dW1.dtype.type(l2)
-    for k in prange(n_x):
-        g = dW1[k]
-        g[:] = 0
-        lo, hi = colptr[k], colptr[k + 1]
-        _add_gathered_rows(g, colvalues[lo:hi], dZ1, rowidx[lo:hi])
-        for h in range(n_h):
-            g[h] = (g[h] + penalty * W1[k, h]) * scale
-
-
 @kernel
+def _finish_input_row(g, W1_row, l2, m):
+    """``g = (g + l2 W1_row) / m``: one row of ``dW1`` made a penalised mean."""
+    scale = g.dtype.type(1.0 / m)
+    penalty = g.dtype.type(l2)
+    for h in range(g.size):
+        g[h] = (g[h] + penalty * W1_row[h]) * scale
+
+
+@kernel(parallel=True)
 def backward(
-    X, rows, y, W1, W2, activation, l2, A1, A2, dW1, db1, dW2, db2, partial, partial_loss
-):
+    X, rows, csc, y, W1, W2, activation, l2, A1, A2, dW1, db1, dW2, db2, partial, partial_loss
+):  # fmt: skip
     """All six gradients of the mean cross-entropy (plus ``l2/2m`` times the
     squared weights) for the examples ``X[rows]`` with labels ``y[rows]``.
 
     ``A1, A2`` come from :func:`forward` and are overwritten with ``dZ1, dZ2``.
+    ``csc = (colptr, rowidx, colvalues)`` holds the nonzeros of ``X[rows]`` by
+    feature (from :func:`transpose_sparse`), or is empty to read ``X``.
     ``partial`` (``N_CHUNKS`` x ``n_y*n_h + n_y + 2*n_h``) and ``partial_loss``
     (``N_CHUNKS``, float64) are scratch. Returns the loss.
     """
-    _deltas(y, rows, W2, activation, A1, A2, partial, partial_loss)
-    loss = _finish_output_gradients(
-        partial, partial_loss, rows.size, W1, W2, l2, dW2, db2, db1
-    )
-    _input_gradient(X, rows, A1, W1, l2, dW1)
-    return loss
-
-
-@kernel
-def backward_sparse(
-    colptr,
-    rowidx,
-    colvalues,
-    rows,
-    y,
-    W1,
-    W2,
-    activation,
-    l2,
-    A1,
-    A2,
-    dW1,
-    db1,
-    dW2,
-    db2,
-    partial,
-    partial_loss,
-):
-    """:func:`backward` with the input ``X[rows]`` in CSC form."""
-    _deltas(y, rows, W2, activation, A1, A2, partial, partial_loss)
-    loss = _finish_output_gradients(
-        partial, partial_loss, rows.size, W1, W2, l2, dW2, db2, db1
-    )
-    _input_gradient_sparse(colptr, rowidx, colvalues, A1, W1, l2, dW1)
+    m = rows.size
+    for c in prange(N_CHUNKS):
+        partial[c] = 0
+        partial_loss[c] = 0.0
+        for r in range(c * m // N_CHUNKS, (c + 1) * m // N_CHUNKS):
+            partial_loss[c] += _backprop_row(y[rows[r]], W2, activation, A1[r], A2[r], partial[c])
+    loss = _add_chunks(partial, partial_loss, m, W1, W2, l2, dW2, db2, db1)
+    # dW1 = X.T @ dZ1. Blocks of 16 features own their rows of dW1 and add the
+    # examples in order, so the thread count never changes a sum.
+    colptr, rowidx, colvalues = csc
+    n_x = W1.shape[0]
+    for block in prange((n_x + 15) // 16):
+        k0, k1 = block * 16, min(n_x, block * 16 + 16)
+        dW1[k0:k1] = 0
+        if colptr.size == 0:
+            for r in range(m):
+                x, dz1 = X[rows[r]], A1[r]
+                for k in range(k0, k1):
+                    g, xk = dW1[k], x[k]
+                    for h in range(g.size):
+                        g[h] += xk * dz1[h]
+        else:
+            for k in range(k0, k1):
+                lo, hi = colptr[k], colptr[k + 1]
+                _add_gathered_rows(dW1[k], colvalues[lo:hi], A1, rowidx[lo:hi])
+        for k in range(k0, k1):
+            _finish_input_row(dW1[k], W1[k], l2, m)
     return loss
 
 
 # --------------------------------------------------------------------------
 # Parameter updates, in place on the flat parameter vector
 # --------------------------------------------------------------------------
-@kernel(parallel=True)
+@kernel
 def sgd_update(theta, grads, learning_rate):
     """``theta -= learning_rate * grads``."""
     lr = theta.dtype.type(learning_rate)
-    for i in prange(theta.size):
+    for i in range(theta.size):
         theta[i] -= lr * grads[i]
 
 
-@kernel(parallel=True)
+@kernel
 def momentum_update(theta, grads, velocity, learning_rate, momentum, nesterov):
     """``v = momentum v - lr g``; ``theta += v``, or with Nesterov's look-ahead
     ``theta += momentum v - lr g`` (scikit-learn's SGDOptimizer)."""
     lr = theta.dtype.type(learning_rate)
     mu = theta.dtype.type(momentum)
-    for i in prange(theta.size):
+    for i in range(theta.size):
         velocity[i] = mu * velocity[i] - lr * grads[i]
         if nesterov:
             theta[i] += mu * velocity[i] - lr * grads[i]
@@ -494,7 +442,7 @@ def momentum_update(theta, grads, velocity, learning_rate, momentum, nesterov):
             theta[i] += velocity[i]
 
 
-@kernel(parallel=True)
+@kernel
 def adam_update(theta, grads, m, v, learning_rate, beta1, beta2, epsilon, t):
     """Adam's step ``t`` (counted from 1), with its bias correction folded into
     the learning rate as in scikit-learn's AdamOptimizer."""
@@ -502,39 +450,11 @@ def adam_update(theta, grads, m, v, learning_rate, beta1, beta2, epsilon, t):
     b1, b2 = theta.dtype.type(beta1), theta.dtype.type(beta2)
     eps = theta.dtype.type(epsilon)
     lr = theta.dtype.type(learning_rate * np.sqrt(1.0 - beta2**t) / (1.0 - beta1**t))
-    for i in prange(theta.size):
+    for i in range(theta.size):
         g = grads[i]
         m[i] = b1 * m[i] + (one - b1) * g
         v[i] = b2 * v[i] + (one - b2) * (g * g)
         theta[i] -= lr * m[i] / (np.sqrt(v[i]) + eps)
-
-
-@kernel
-def _update(solver, theta, grads, state, hyper, step):
-    if solver == ADAM:
-        step[0] += 1
-        adam_update(
-            theta,
-            grads,
-            state[0],
-            state[1],
-            hyper[LEARNING_RATE],
-            hyper[BETA1],
-            hyper[BETA2],
-            hyper[EPSILON],
-            step[0],
-        )
-    elif solver == MOMENTUM:
-        momentum_update(
-            theta,
-            grads,
-            state[0],
-            hyper[LEARNING_RATE],
-            hyper[MOMENTUM_COEF],
-            hyper[NESTEROV] != 0,
-        )
-    else:
-        sgd_update(theta, grads, hyper[LEARNING_RATE])
 
 
 @kernel
@@ -546,86 +466,76 @@ def _finite(loss, grads):
     return total == 0
 
 
-# --------------------------------------------------------------------------
-# Training steps and epochs
-# --------------------------------------------------------------------------
 @kernel
 def _update_if_finite(loss, theta, grads, optimizer):
+    """Apply the optimiser's update unless the loss or a gradient is not
+    finite; then leave the parameters as they are and return False."""
     solver, hyper, state, step = optimizer
     if not _finite(loss, grads):
         return False
-    _update(solver, theta, grads, state, hyper, step)
+    if solver == ADAM:
+        step[0] += 1
+        adam_update(
+            theta, grads, state[0], state[1], hyper[LEARNING_RATE], hyper[BETA1],
+            hyper[BETA2], hyper[EPSILON], step[0],
+        )  # fmt: skip
+    elif solver == MOMENTUM:
+        momentum_update(
+            theta, grads, state[0], hyper[LEARNING_RATE], hyper[MOMENTUM_COEF],
+            hyper[NESTEROV] != 0,
+        )  # fmt: skip
+    else:
+        sgd_update(theta, grads, hyper[LEARNING_RATE])
     return True
 
 
-@kernel
-def train_step(X, rows, y, theta, grads, activation, optimizer, work):
-    """One forward pass, backward pass and update on the examples ``X[rows]``.
+# --------------------------------------------------------------------------
+# Training: one entry point, so that a run compiles its loop once
+# --------------------------------------------------------------------------
+DENSE, SPARSE, SPARSE_PREPARED = 0, 1, 2
+"""How ``train_epoch`` feeds the first layer: ``X`` as it is; each batch
+compressed on the fly; or one batch of all examples, compressed beforehand."""
 
-    ``optimizer`` is ``(solver, hyper, state, step)`` and ``work`` is
-    ``(A1, A2, partial, partial_loss)``, with room for ``rows.size`` examples.
-    Returns the loss before the update and whether the update was made: it
-    is not when the loss or a gradient is not finite, and then the
-    parameters are left exactly as they were.
+
+@kernel
+def train_epoch(X, y, order, batch_size, theta, grads, activation, optimizer, work, csr, csc, mode):
+    """One epoch: a forward pass, backward pass and update per batch of ``order``.
+
+    ``optimizer`` is ``(solver, hyper, state, step)``; ``work`` is ``(A1, A2,
+    partial, partial_loss)`` with room for ``batch_size`` examples; ``csr``
+    and ``csc`` are ``(indptr, indices, values)`` and ``(colptr, rowidx,
+    colvalues)`` with room for the nonzeros of a batch, or empty for
+    ``mode = DENSE``. With ``batch_size = order.size`` this is one step of
+    full-batch gradient descent.
+
+    Returns the sum over batches of loss times batch size, and the index of
+    the batch whose loss or gradient was not finite (the epoch stops there,
+    with the parameters as they were before that batch), or -1.
     """
     A1, A2, partial, partial_loss = work
-    m, n_x, n_h, n_y = rows.size, X.shape[1], A1.shape[1], A2.shape[1]
+    n_x, n_h, n_y = X.shape[1], A1.shape[1], A2.shape[1]
     W1, b1, W2, b2 = unpack(theta, n_x, n_h, n_y)
     dW1, db1, dW2, db2 = unpack(grads, n_x, n_h, n_y)
-    A1, A2 = A1[:m], A2[:m]
-    forward(X, rows, W1, b1, W2, b2, activation, A1, A2)
-    loss = backward(
-        X, rows, y, W1, W2, activation, optimizer[1][L2], A1, A2,
-        dW1, db1, dW2, db2, partial, partial_loss,
-    )  # fmt: skip
-    return loss, _update_if_finite(loss, theta, grads, optimizer)
-
-
-@kernel
-def train_step_sparse(csr, csc, rows, y, theta, grads, activation, optimizer, work):
-    """:func:`train_step` with ``X[rows]`` given twice: ``csr = (indptr, indices,
-    values)`` for the forward pass, ``csc = (colptr, rowidx, colvalues)`` for
-    the backward pass."""
-    A1, A2, partial, partial_loss = work
-    m, n_x, n_h, n_y = rows.size, csc[0].size - 1, A1.shape[1], A2.shape[1]
-    W1, b1, W2, b2 = unpack(theta, n_x, n_h, n_y)
-    dW1, db1, dW2, db2 = unpack(grads, n_x, n_h, n_y)
-    A1, A2 = A1[:m], A2[:m]
-    forward_sparse(csr[0][: m + 1], csr[1], csr[2], W1, b1, W2, b2, activation, A1, A2)
-    loss = backward_sparse(
-        csc[0], csc[1], csc[2], rows, y, W1, W2, activation, optimizer[1][L2],
-        A1, A2, dW1, db1, dW2, db2, partial, partial_loss,
-    )  # fmt: skip
-    return loss, _update_if_finite(loss, theta, grads, optimizer)
-
-
-@kernel
-def minibatch_epoch(
-    X, y, order, batch_size, theta, grads, activation, optimizer, work, csr, csc, sparse
-):
-    """One epoch of mini-batch training over the examples in ``order``.
-
-    With ``sparse`` each batch is compressed into ``csr`` and ``csc`` (room
-    for ``batch_size * n_x`` nonzeros) before its step. Returns the sum over
-    batches of loss times batch size, and the index of the batch whose loss
-    or gradient was not finite (the epoch stops there), or -1.
-    """
+    l2 = optimizer[1][L2]
     total = 0.0
-    n_x = X.shape[1]
     for batch, start in enumerate(range(0, order.size, batch_size)):
         rows = order[start : start + batch_size]
-        if sparse:
-            indptr = csr[0][: rows.size + 1]
-            compress_rows(X, rows, indptr, csr[1], csr[2])
-            transpose_sparse(indptr, csr[1], csr[2], n_x, csc[0], csc[1], csc[2])
-            loss, updated = train_step_sparse(
-                csr, csc, rows, y, theta, grads, activation, optimizer, work
-            )
+        m = rows.size
+        a1, a2 = A1[:m], A2[:m]
+        if mode != DENSE:
+            # The CSR and CSC arrays of this batch (prepared, or made now).
+            csr_m = (csr[0][: m + 1], csr[1], csr[2])
+            if mode == SPARSE:
+                compress_rows(X, rows, *csr_m)
+                transpose_sparse(*csr_m, n_x, *csc)
         else:
-            loss, updated = train_step(
-                X, rows, y, theta, grads, activation, optimizer, work
-            )
-        if not updated:
+            csr_m = csr
+        forward(X, rows, csr_m, W1, b1, W2, b2, activation, a1, a2)
+        loss = backward(
+            X, rows, csc, y, W1, W2, activation, l2, a1, a2, dW1, db1, dW2, db2,
+            partial, partial_loss,
+        )  # fmt: skip
+        if not _update_if_finite(loss, theta, grads, optimizer):
             return total, batch
-        total += loss * rows.size
+        total += loss * m
     return total, -1

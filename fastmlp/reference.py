@@ -24,12 +24,12 @@ __all__ = [
     "cross_entropy",
     "forward",
     "init_params",
-    "minibatch_epoch",
     "momentum_update",
     "sgd_update",
     "sigmoid",
     "sigmoid_deriv",
     "softmax",
+    "train_epoch",
     "update_params",
 ]
 
@@ -159,7 +159,7 @@ def one_hot(labels, n_y):
     return np.eye(n_y)[labels].T
 
 
-def minibatch_epoch(
+def train_epoch(
     params, X, labels, order, batch_size, solver="sgd", state=None, *,
     learning_rate=0.01, momentum=0.0, nesterov=False, beta1=0.9, beta2=0.999,
     epsilon=1e-8, step=0, activation="logistic", l2=0.0,

@@ -48,9 +48,7 @@ def _examples_and_targets(X, y, dtype):
         if in_columns:
             X, Y = X.T, Y.T
         if not (np.isin(Y, (0, 1)).all() and (Y.sum(axis=1) == 1).all()):
-            raise ValueError(
-                "a 2-D Y must be one-hot: exactly one 1 per example, zeros elsewhere"
-            )
+            raise ValueError("a 2-D Y must be one-hot: exactly one 1 per example, zeros elsewhere")
         X = as_matrix(X, "X", dtype=dtype)
         return X, np.argmax(Y, axis=1).astype(np.int64), np.arange(Y.shape[1]), Y.shape[1]
     if Y.ndim == 1 and len(Y) != X.shape[0] and len(Y) == X.shape[1]:
@@ -159,17 +157,15 @@ def train(
     losses, history = [], []
 
     def model():
-        return Model(
-            *run.params(), classes, activation, backend, np.array(losses), tuple(history)
-        )
+        return Model(*run.params(), classes, activation, backend, np.array(losses), tuple(history))
 
     for i in steps:
         loss, updated = run.step()
         if not updated:
             raise DivergenceError(
                 f"training diverged at {word.lower()} {i}: the loss or a gradient "
-                f"is not finite (loss = {loss}); the parameters are those before "
-                f"it. Lower the learning rate (alpha = {alpha}).",
+                "became NaN or infinite, so training stopped before that update. "
+                f"Lower the learning rate (alpha = {alpha}).",
                 iteration=i,
                 model=model(),
             )
@@ -242,11 +238,13 @@ class _ReferenceMiniBatch(_Reference):
 
     def step(self):
         order = self.rng.permutation(len(self.labels))
-        total, _, failed = reference.minibatch_epoch(
+        total, _, failed = reference.train_epoch(
             self.parameters, self.X, self.labels, order, self.batch_size,
             learning_rate=self.alpha, activation=self.activation,
         )  # fmt: skip
-        return total / len(order), failed < 0
+        if failed >= 0:
+            return float("nan"), False
+        return total / len(order), True
 
 
 class _Fast:
@@ -285,7 +283,9 @@ class _FastMiniBatch(_Fast):
         total, failed = self.network.epoch(
             self.X, self.labels, order, self.batch_size, self.optimizer, self.sparse
         )
-        return total / len(order), failed < 0
+        if failed >= 0:
+            return float("nan"), False
+        return total / len(order), True
 
     def predicted_classes(self):
         return class_indices(self.network.output(self.X))

@@ -1,0 +1,289 @@
+"""Every kernel against its twin in the reference path, in float32 and float64."""
+
+import warnings
+
+import numba
+import numpy as np
+import pytest
+import scipy.sparse
+from _support import DTYPES, assert_close, sparse_data
+
+from fastmlp import engine, kernels, reference
+
+ACTIVATIONS = list(kernels.ACTIVATIONS)
+
+
+def make_network(rng, n_x, n_h, n_y, dtype):
+    """Notebook-layout parameters with nonzero biases, so that biases are tested."""
+    W1, b1, W2, b2 = reference.init_params(n_x, n_h, n_y, seed=3, dtype=dtype)
+    b1 += rng.normal(0, 0.1, b1.shape).astype(dtype)
+    b2 += rng.normal(0, 0.1, b2.shape).astype(dtype)
+    return W1, b1, W2, b2
+
+
+def kernel_layout(W1, b1, W2, b2):
+    return np.ascontiguousarray(W1.T), b1.ravel().copy(), W2.copy(), b2.ravel().copy()
+
+
+def input_arrays(X, sparse):
+    """``(csr, csc)`` for the kernels: the nonzeros of ``X``, or empty arrays."""
+    m, n_x = X.shape
+    csr, csc = engine._sparse_buffers(m if sparse else 0, n_x, X.size, X.dtype)
+    if sparse:
+        kernels.compress_rows(X, np.arange(m), *csr)
+        kernels.transpose_sparse(*csr, n_x, *csc)
+    return csr, csc
+
+
+# ---- elementwise kernels -----------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sigmoid_matches_reference(rng, dtype):
+    Z = rng.normal(0, 5, (37, 19)).astype(dtype)
+    out = np.empty_like(Z)
+    kernels.sigmoid(Z, out)
+    assert out.dtype == dtype
+    assert_close(out, reference.sigmoid(Z))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sigmoid_deriv_matches_reference(rng, dtype):
+    A = rng.random((23, 11)).astype(dtype)
+    out = np.empty_like(A)
+    kernels.sigmoid_deriv(A, out)
+    assert_close(out, reference.sigmoid_deriv(A))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_matches_reference(rng, dtype):
+    Z = rng.normal(0, 4, (31, 10)).astype(dtype)
+    out = np.empty_like(Z)
+    kernels.softmax(Z, out)
+    assert_close(out, reference.softmax(Z.T).T)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sigmoid_limits_are_exact_and_silent(dtype):
+    Z = np.array([[-1000.0, -100.0, 0.0, 100.0, 1000.0]], dtype=dtype)
+    out = np.empty_like(Z)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kernels.sigmoid(Z, out)
+        expected = reference.sigmoid(Z)
+    assert out[0, 0] == 0.0 and out[0, -1] == 1.0 and out[0, 2] == 0.5
+    assert np.array_equal(out, expected)
+    assert not np.isnan(out).any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_of_huge_logits_is_finite_and_exact(dtype):
+    Z = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4], [1e4, 1e4, -1e4]], dtype=dtype)
+    out = np.empty_like(Z)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kernels.softmax(Z, out)
+        expected = reference.softmax(Z.T).T
+    assert np.isfinite(out).all()
+    assert_close(out.sum(axis=1), np.ones(3, dtype))
+    third = dtype(1) / dtype(3)
+    np.testing.assert_array_equal(out, np.array([[1, 0, 0], [third] * 3, [0.5, 0.5, 0]], dtype))
+    assert_close(out, expected)
+
+
+# ---- sparse input ------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_compress_and_transpose_match_scipy(rng, dtype):
+    X, _ = sparse_data(rng, 40, 29, 3, dtype, density=0.3)
+    X[5] = 0  # an empty row
+    X[:, 7] = 0  # an empty column
+    rows = rng.permutation(40)[:25]
+    csr, csc = engine._sparse_buffers(rows.size, 29, rows.size * 29, dtype)
+    nnz = kernels.compress_rows(X, rows, *csr)
+    kernels.transpose_sparse(*csr, 29, *csc)
+    expected = scipy.sparse.csr_array(X[rows])
+    assert nnz == expected.nnz
+    np.testing.assert_array_equal(csr[0], expected.indptr)
+    np.testing.assert_array_equal(csr[1][:nnz], expected.indices)
+    np.testing.assert_array_equal(csr[2][:nnz], expected.data)
+    by_column = expected.tocsc()
+    by_column.sort_indices()
+    np.testing.assert_array_equal(csc[0], by_column.indptr)
+    np.testing.assert_array_equal(csc[1][:nnz], by_column.indices)
+    np.testing.assert_array_equal(csc[2][:nnz], by_column.data)
+
+
+# ---- forward and backward ----------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+@pytest.mark.parametrize("n_y", [10, 1], ids=["softmax", "logistic-output"])
+def test_forward_and_backward_match_reference(rng, dtype, activation, sparse, n_y):
+    m, n_x, n_h, l2 = 203, 57, 24, 0.3
+    X, y = sparse_data(rng, m, n_x, max(n_y, 2), dtype)
+    params = make_network(rng, n_x, n_h, n_y, dtype)
+    W1, b1, W2, b2 = kernel_layout(*params)
+    rows = np.arange(m)
+    csr, csc = input_arrays(X, sparse)
+    A1, A2 = np.empty((m, n_h), dtype), np.empty((m, n_y), dtype)
+    code = kernels.ACTIVATIONS[activation]
+
+    kernels.forward(X, rows, csr, W1, b1, W2, b2, code, A1, A2)
+    Z1, A1_ref, Z2, A2_ref = reference.forward(*params, X.T, activation)
+    assert A1.dtype == A2.dtype == dtype
+    assert_close(A1, A1_ref.T)
+    assert_close(A2, A2_ref.T)
+
+    grads = [np.empty_like(p) for p in (W1, b1, W2, b2)]
+    partial, partial_loss = engine._work(m, n_h, n_y, dtype)[2:]
+    loss = kernels.backward(
+        X, rows, csc, y, W1, W2, code, l2, A1, A2, *grads, partial, partial_loss
+    )
+    Y = reference.one_hot(y, n_y).astype(dtype)
+    expected = reference.backward(Z1, A1_ref, Z2, A2_ref, params[0], params[2], X.T, Y,
+                                  activation, l2)  # fmt: skip
+    expected_loss = (
+        reference.cross_entropy(A2_ref, Y)
+        + 0.5 * l2 * (np.sum(params[0] ** 2) + np.sum(params[2] ** 2)) / m
+    )
+    assert_close(grads[0], expected[0].T)
+    assert_close(grads[1], expected[1].ravel())
+    assert_close(grads[2], expected[2])
+    assert_close(grads[3], expected[3].ravel())
+    assert_close(loss, expected_loss, dtype)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("n_y", [4, 1], ids=["softmax", "logistic-output"])
+def test_backward_matches_finite_differences(rng, activation, n_y):
+    m, n_x, n_h, l2 = 9, 6, 5, 0.7
+    X = rng.normal(size=(m, n_x))
+    y = rng.integers(0, max(n_y, 2), m)
+    theta = engine.flatten_params(*make_network(rng, n_x, n_h, n_y, np.float64))
+    code = kernels.ACTIVATIONS[activation]
+    rows = np.arange(m)
+    csr, csc = input_arrays(X, sparse=False)
+    A1, A2, partial, partial_loss = engine._work(m, n_h, n_y, np.float64)
+
+    def loss_and_grads(t):
+        W1, b1, W2, b2 = kernels.unpack(t, n_x, n_h, n_y)
+        grads = np.empty_like(t)
+        kernels.forward(X, rows, csr, W1, b1, W2, b2, code, A1, A2)
+        loss = kernels.backward(X, rows, csc, y, W1, W2, code, l2, A1, A2,
+                                *kernels.unpack(grads, n_x, n_h, n_y), partial,
+                                partial_loss)  # fmt: skip
+        return loss, grads
+
+    _, grads = loss_and_grads(theta)
+    h = 1e-6
+    numeric = np.empty_like(theta)
+    for i in range(theta.size):
+        step = np.zeros_like(theta)
+        step[i] = h
+        numeric[i] = (loss_and_grads(theta + step)[0] - loss_and_grads(theta - step)[0]) / (2 * h)
+    np.testing.assert_allclose(grads, numeric, rtol=1e-6, atol=1e-8)
+
+
+# ---- updates -----------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rule", ["sgd", "momentum", "nesterov", "adam"])
+def test_update_rules_match_reference(rng, dtype, rule):
+    theta = rng.normal(size=300).astype(dtype)
+    expected = theta.copy()
+    states = [rng.normal(size=300).astype(dtype), rng.random(300).astype(dtype)]
+    expected_states = [s.copy() for s in states]
+    for t in range(1, 4):
+        grads = rng.normal(size=300).astype(dtype)
+        if rule == "sgd":
+            kernels.sgd_update(theta, grads, 0.1)
+            reference.sgd_update(expected, grads, 0.1)
+        elif rule == "adam":
+            kernels.adam_update(theta, grads, *states, 0.01, 0.9, 0.999, 1e-8, t)
+            reference.adam_update(expected, grads, *expected_states, 0.01, 0.9, 0.999, 1e-8, t)
+        else:
+            nesterov = rule == "nesterov"
+            kernels.momentum_update(theta, grads, states[0], 0.1, 0.9, nesterov)
+            reference.momentum_update(expected, grads, expected_states[0], 0.1, 0.9, nesterov)
+    assert theta.dtype == dtype
+    assert_close(theta, expected)
+    assert_close(states[0], expected_states[0])
+
+
+# ---- whole epochs ------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("solver", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_train_epoch_matches_reference(rng, dtype, solver, sparse):
+    m, n_x, n_h, n_y, batch = 150, 40, 16, 5, 32
+    X, y = sparse_data(rng, m, n_x, n_y, dtype)
+    params = make_network(rng, n_x, n_h, n_y, dtype)
+    momentum = 0.9 if solver == "momentum" else 0.0
+    settings = dict(learning_rate=0.05, momentum=momentum, nesterov=True, l2=0.01)
+    if solver == "adam":
+        settings["learning_rate"] = 0.005
+    net = engine.FastNetwork(engine.flatten_params(*params), n_x, n_h, n_y, "tanh")
+    optimizer = engine.Optimizer("adam" if solver == "adam" else "sgd",
+                                 net.theta.size, dtype, **settings)  # fmt: skip
+    expected = [p.copy() for p in params]
+    shapes = [p.shape for p in params]
+    state = [[np.zeros(s, dtype) for s in shapes] for _ in range(2)]
+    step = 0
+    for _ in range(3):
+        order = rng.permutation(m)
+        total, failed = net.epoch(X, y, order, batch, optimizer, sparse)
+        expected_total, step, expected_failed = reference.train_epoch(
+            expected, X.T, y, order, batch, "adam" if solver == "adam" else "sgd",
+            state, step=step, activation="tanh", **settings,
+        )  # fmt: skip
+        assert failed == expected_failed == -1
+        assert_close(total, expected_total, dtype)
+    for fast, slow in zip(engine.notebook_params(net.theta, n_x, n_h, n_y), expected,
+                          strict=True):  # fmt: skip
+        # Three epochs of updates compound the rounding differences.
+        np.testing.assert_allclose(fast, slow, rtol=RTOL_EPOCHS[dtype], atol=RTOL_EPOCHS[dtype])
+
+
+RTOL_EPOCHS = {np.float64: 1e-10, np.float32: 1e-3}
+
+
+def test_non_finite_gradient_leaves_parameters_untouched(rng):
+    m, n_x, n_h, n_y = 50, 10, 6, 3
+    X, y = sparse_data(rng, m, n_x, n_y, np.float64)
+    X[17, 3] = np.inf  # kernels trust their input: this is what validation stops
+    net = engine.FastNetwork(
+        engine.flatten_params(*make_network(rng, n_x, n_h, n_y, np.float64)),
+        n_x, n_h, n_y, "logistic",
+    )  # fmt: skip
+    before = net.theta.copy()
+    optimizer = engine.Optimizer("sgd", net.theta.size, np.float64, learning_rate=0.1)
+    total, failed = net.epoch(X, y, np.arange(m), 10, optimizer, sparse=False)
+    assert failed == 1  # the batch holding example 17
+    batch0 = net.theta.copy()
+    assert not np.array_equal(batch0, before)  # batch 0 was applied...
+    net2 = engine.FastNetwork(before.copy(), n_x, n_h, n_y, "logistic")
+    net2.epoch(X[:10], y[:10], np.arange(10), 10, optimizer, sparse=False)
+    np.testing.assert_array_equal(batch0, net2.theta)  # ...and nothing after it
+
+
+# ---- threads -----------------------------------------------------------------
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two threads")
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_results_do_not_depend_on_the_thread_count(rng, sparse):
+    m, n_x, n_h, n_y = 333, 70, 37, 10
+    X, y = sparse_data(rng, m, n_x, n_y, np.float32)
+    params = make_network(rng, n_x, n_h, n_y, np.float32)
+    results = []
+    default = numba.get_num_threads()
+    try:
+        for threads in (1, 2, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(threads)
+            net = engine.FastNetwork(engine.flatten_params(*params), n_x, n_h, n_y, "relu")
+            optimizer = engine.Optimizer("adam", net.theta.size, np.float32,
+                                         learning_rate=0.01)  # fmt: skip
+            net.epoch(X, y, np.arange(m), 64, optimizer, sparse)
+            batch = net.full_batch(X, y, sparse)
+            for _ in range(3):
+                batch.step(optimizer)
+            results.append(net.theta.copy())
+    finally:
+        numba.set_num_threads(default)
+    for other in results[1:]:
+        np.testing.assert_array_equal(results[0], other)
