@@ -1,0 +1,106 @@
+"""Each kernel beside its NumPy twin, in float64 and float32, at W1's size.
+
+    pytest benchmarks/bench_kernels.py --benchmark-only
+
+A group per kernel holds both implementations, so the ratio reads off one
+table. The forward pass also appears at several input densities ("first-layer
+density"), which is where fastmlp's dense/sparse threshold comes from.
+"""
+
+import numpy as np
+import pytest
+from workloads import load_data
+
+from fastmlp import engine, kernels, reference
+
+DTYPES = [np.float64, np.float32]
+M, N_X, N_H, N_Y = 2000, 784, 64, 10
+
+
+def network(dtype, X, y, sparse):
+    params = reference.init_params(N_X, N_H, N_Y, dtype=dtype)
+    net = engine.FastNetwork(engine.flatten_params(*params), N_X, N_H, N_Y, "logistic")
+    return params, net, net.full_batch(X, y, sparse)
+
+
+@pytest.fixture(params=DTYPES, ids=lambda d: d.__name__)
+def setup(request):
+    dtype = request.param
+    X, y, _ = load_data(M, dtype)
+    return (dtype, X, y, *network(dtype, X, y, engine.use_sparse(X)))
+
+
+def timed(benchmark, group, function, *args):
+    benchmark.group = group
+    benchmark.pedantic(function, args=args, rounds=20, warmup_rounds=1, iterations=1)
+
+
+@pytest.mark.parametrize("implementation", ["numpy", "numba"])
+@pytest.mark.parametrize("name", ["sigmoid", "sigmoid_deriv", "softmax"])
+def bench_elementwise(benchmark, setup, implementation, name):
+    dtype = setup[0]
+    n = N_Y if name == "softmax" else N_H
+    Z = np.random.default_rng(0).normal(size=(M, n)).astype(dtype)
+    group = f"{name} {dtype.__name__}"
+    if implementation == "numpy":
+        timed(benchmark, group, getattr(reference, name), Z.T)
+    else:
+        timed(benchmark, group, getattr(kernels, name), Z, np.empty_like(Z))
+
+
+@pytest.mark.parametrize("implementation", ["numpy", "numba"])
+def bench_forward(benchmark, setup, implementation):
+    dtype, X, y, params, net, batch = setup
+    group = f"forward {dtype.__name__}"
+    if implementation == "numpy":
+        timed(benchmark, group, reference.forward, *params, X.T)
+    else:
+        A1, A2 = batch.work[:2]
+        timed(benchmark, group, kernels.forward, X, batch.rows, batch.csr, *net.params, 0, A1, A2)
+
+
+@pytest.mark.parametrize("implementation", ["numpy", "numba"])
+def bench_backward(benchmark, setup, implementation):
+    dtype, X, y, params, net, batch = setup
+    group = f"backward {dtype.__name__}"
+    if implementation == "numpy":
+        cache = reference.forward(*params, X.T)
+        Y = reference.one_hot(y, N_Y).astype(dtype)
+        timed(benchmark, group, reference.backward, *cache, params[0], params[2], X.T, Y)
+    else:
+        A1, A2, partial, partial_loss = batch.work
+        W1, b1, W2, b2 = net.params
+        kernels.forward(X, batch.rows, batch.csr, W1, b1, W2, b2, 0, A1, A2)
+        saved = A1.copy(), A2.copy()
+
+        def backward():  # on fresh activations each round: backward overwrites them
+            A1[:], A2[:] = saved
+            return kernels.backward(X, batch.rows, batch.csc, y, W1, W2, 0, 0.0, A1, A2,
+                                    *kernels.unpack(net.grads, N_X, N_H, N_Y), partial,
+                                    partial_loss)  # fmt: skip
+
+        timed(benchmark, group, backward)
+
+
+@pytest.mark.parametrize("implementation", ["numpy", "numba"])
+def bench_update(benchmark, setup, implementation):
+    dtype, X, y, params, net, batch = setup
+    group = f"update {dtype.__name__}"
+    grads = np.random.default_rng(0).normal(size=net.theta.size).astype(dtype) * 1e-9
+    if implementation == "numpy":
+        timed(benchmark, group, reference.sgd_update, net.theta.copy(), grads, 0.5)
+    else:
+        timed(benchmark, group, kernels.sgd_update, net.theta.copy(), grads, 0.5)
+
+
+@pytest.mark.parametrize("density", [0.05, 0.2, 0.4, 0.6, 1.0])
+@pytest.mark.parametrize("first_layer", ["dense", "sparse"])
+def bench_first_layer_density(benchmark, first_layer, density):
+    rng = np.random.default_rng(0)
+    X = rng.random((M, N_X))
+    X[rng.random(X.shape) >= density] = 0
+    y = rng.integers(0, N_Y, M)
+    _, net, batch = network(np.float64, X, y, first_layer == "sparse")
+    optimizer = engine.Optimizer("sgd", net.theta.size, np.float64, learning_rate=1e-3)
+    benchmark.group = f"first-layer density {density:.2f}: one full-batch step"
+    benchmark.pedantic(batch.step, args=(optimizer,), rounds=10, warmup_rounds=1)

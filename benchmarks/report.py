@@ -1,0 +1,252 @@
+"""One table for W1 to W3: every implementation, one machine, one run.
+
+    python benchmarks/report.py [--rounds 3] [--json results.json] [--markdown table.md]
+
+For each workload (see workloads.py) and implementation it reports the
+median wall time over ``--rounds`` runs (after one untimed warm-up of the
+fast path), the ratio against fastmlp's NumPy reference and against PyTorch
+at the same dtype (where installed), the final training accuracy, and the
+achieved rate in GFLOP/s of the dense computation beside the machine's own
+dense matrix-product rate measured in the same run. The sparse first layer
+skips zeros, so its dense-equivalent rate can exceed the product rate.
+
+Then: two threads against one on W1 (and whether the weights are bitwise the
+same), compile and cached start-up times, and the peak memory a training
+run adds, NumPy reference against fastmlp, on W1 and W3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+import startup  # noqa: E402
+from workloads import WORKLOADS, available, flops, load_data, run, warm_up  # noqa: E402
+
+import fastmlp  # noqa: E402
+
+IMPLEMENTATIONS = [
+    ("numpy", np.float64),
+    ("numba", np.float64),
+    ("numba", np.float32),
+    ("torch", np.float64),
+    ("torch", np.float32),
+    ("sklearn", np.float64),
+]
+
+
+def machine() -> dict:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        cpu = re.search(r"model name\s*:\s*(.*)", text).group(1)
+    except (OSError, AttributeError):
+        pass
+    versions = {"python": platform.python_version(), "numpy": np.__version__,
+                "numba": numba.__version__, "fastmlp": fastmlp.__version__}  # fmt: skip
+    for name in ("sklearn", "torch"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            versions[name] = "not installed"
+    system = f"{platform.system()} {platform.release()}"
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": numba.get_num_threads(),
+            "system": system, "versions": versions}  # fmt: skip
+
+
+def gemm_rate(dtype, rounds: int = 20) -> float:
+    """GFLOP/s of NumPy's matrix product at W1's first-layer shape."""
+    rng = np.random.default_rng(0)
+    A = rng.random((2000, 784)).astype(dtype)
+    B = rng.random((784, 64)).astype(dtype)
+    A @ B
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        A @ B
+        times.append(time.perf_counter() - start)
+    return 2 * 2000 * 784 * 64 / statistics.median(times) / 1e9
+
+
+def time_workloads(rounds: int, names) -> list[dict]:
+    rows = []
+    for name in names:
+        workload = WORKLOADS[name]
+        for implementation, dtype in IMPLEMENTATIONS:
+            row = {"workload": name, "implementation": implementation,
+                   "dtype": np.dtype(dtype).name}  # fmt: skip
+            if not available(implementation):
+                row["note"] = f"{implementation} is not installed"
+                rows.append(row)
+                continue
+            X, y, source = load_data(workload.n_examples, dtype)
+            warm_up(dtype)
+            if implementation == "torch":
+                import torch
+
+                torch.set_num_threads(numba.get_num_threads())
+            results = [run(implementation, workload, X, y) for _ in range(rounds)]
+            seconds = statistics.median(r.seconds for r in results)
+            row.update(seconds=seconds, accuracy=results[-1].accuracy, data=source,
+                       gflops=flops(workload) / seconds / 1e9)  # fmt: skip
+            rows.append(row)
+            print(f"  {name} {implementation:8s} {row['dtype']:8s} {seconds:8.3f} s  "
+                  f"accuracy {row['accuracy']:.4f}", flush=True)  # fmt: skip
+    for row in rows:
+        if "seconds" not in row:
+            continue
+        same = {(r["workload"], r["implementation"], r["dtype"]): r for r in rows}
+        ref = same.get((row["workload"], "numpy", "float64"))
+        torch_row = same.get((row["workload"], "torch", row["dtype"]))
+        row["vs_numpy"] = ref["seconds"] / row["seconds"]
+        if torch_row and "seconds" in torch_row:
+            row["vs_torch"] = torch_row["seconds"] / row["seconds"]
+    return rows
+
+
+def thread_scaling() -> dict:
+    workload = WORKLOADS["W1"]
+    result = {}
+    default = numba.get_num_threads()
+    for dtype in (np.float64, np.float32):
+        X, y, _ = load_data(workload.n_examples, dtype)
+        warm_up(dtype)
+        seconds, weights = {}, {}
+        for threads in sorted({1, default}):
+            numba.set_num_threads(threads)
+            times = []
+            for _ in range(3):
+                start = time.perf_counter()
+                model = fastmlp.train(X, y, iterations=workload.steps - 1, log_every=None)
+                times.append(time.perf_counter() - start)
+            seconds[threads] = statistics.median(times)
+            weights[threads] = model.W1
+        numba.set_num_threads(default)
+        result[np.dtype(dtype).name] = {
+            "seconds": seconds,
+            "speed_up": seconds[1] / seconds[default],
+            "bitwise_identical": all(np.array_equal(weights[1], w) for w in weights.values()),
+        }
+    return result
+
+
+MEMORY_CHILD = """
+import gc, json, re, sys
+sys.path.insert(0, {here!r})
+from workloads import WORKLOADS, load_data, run, warm_up
+import numpy as np
+
+def status(key):
+    return int(re.search(key + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+
+workload = WORKLOADS[{name!r}]
+X, y, _ = load_data(workload.n_examples, np.float64)
+warm_up(np.float64)
+gc.collect()
+before = status("VmRSS")
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak to the current size
+run({implementation!r}, workload, X, y)
+print(json.dumps({{"peak_added_mb": (status("VmHWM") - before) / 1024}}))
+"""
+
+
+def peak_memory() -> dict:
+    """Peak resident memory a training run adds, in a fresh process each."""
+    result = {}
+    if not Path("/proc/self/clear_refs").exists():
+        return {"note": "needs Linux's /proc/self/clear_refs"}
+    for name in ("W1", "W3"):
+        for implementation in ("numpy", "numba"):
+            code = MEMORY_CHILD.format(here=str(Path(__file__).parent), name=name,
+                                       implementation=implementation)  # fmt: skip
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                 check=True).stdout  # fmt: skip
+            result[f"{name} {implementation}"] = json.loads(out)["peak_added_mb"]
+    return result
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads, {m['system']}; "
+        + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+        "",
+        f"NumPy matrix product at W1's shape: {report['gemm_gflops']['float64']:.0f} GFLOP/s "
+        f"float64, {report['gemm_gflops']['float32']:.0f} GFLOP/s float32.",
+        "",
+        "| workload | implementation | dtype | time (s, median) | vs NumPy ref | vs PyTorch "
+        "| accuracy | GFLOP/s (dense-equivalent) |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in report["workloads"]:
+        if "seconds" not in row:
+            lines.append(f"| {row['workload']} | {row['implementation']} | {row['dtype']} "
+                         f"| {row['note']} | | | | |")  # fmt: skip
+            continue
+        vs_torch = f"{row['vs_torch']:.2f}x" if "vs_torch" in row else ""
+        lines.append(
+            f"| {row['workload']} | {row['implementation']} | {row['dtype']} "
+            f"| {row['seconds']:.3f} | {row['vs_numpy']:.2f}x | {vs_torch} "
+            f"| {row['accuracy']:.2%} | {row['gflops']:.1f} |"
+        )
+    lines.append("")
+    for dtype, t in report["threads"].items():
+        lines.append(
+            f"W1 {dtype}, {max(t['seconds'])} threads against 1: {t['speed_up']:.2f}x; "
+            f"weights bitwise identical: {t['bitwise_identical']}."
+        )
+    s = report["startup"]
+    lines += [
+        "",
+        "Start-up: cold compile of the kernels a training run uses "
+        f"{s['cold']['first_step']:.1f} s "
+        f"(every kernel, both dtypes: {s['cold']['all_kernels']:.1f} s); a second process "
+        f"imports in {s['cached']['import']:.2f} s and finishes its first step "
+        f"{s['cached']['first_step']:.2f} s later.",
+        "",
+        "Peak memory added by training (MB): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in report["memory"].items() if k != "note"),
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workloads", default="W1,W2,W3")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--markdown", help="write the table here")
+    args = parser.parse_args()
+    report = {"machine": machine()}
+    print(f"Machine: {report['machine']['cpu']}, {report['machine']['threads']} threads")
+    report["gemm_gflops"] = {"float64": gemm_rate(np.float64), "float32": gemm_rate(np.float32)}
+    report["workloads"] = time_workloads(args.rounds, args.workloads.split(","))
+    report["threads"] = thread_scaling()
+    with tempfile.TemporaryDirectory() as cache:
+        report["startup"] = {"cold": startup.measure(cache, all_kernels=True),
+                             "cached": startup.measure(cache, all_kernels=False)}  # fmt: skip
+    report["memory"] = peak_memory()
+    text = markdown(report)
+    print()
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str))
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
