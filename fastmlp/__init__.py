@@ -15,8 +15,19 @@ from .training import gradient_descent, train
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # The estimator imports scikit-learn: only pay for it when it is used.
+    if name == "FastMLPClassifier":
+        from .estimator import FastMLPClassifier
+
+        return FastMLPClassifier
+    raise AttributeError(f"module 'fastmlp' has no attribute {name!r}")
+
+
 __all__ = [
     "DivergenceError",
+    "FastMLPClassifier",
     "Model",
     "ModelFileError",
     "Progress",

@@ -1,0 +1,51 @@
+"""FastMLPClassifier beside scikit-learn's MLPClassifier at equal settings.
+
+    pytest benchmarks/bench_estimator.py --benchmark-only
+
+8,000 MNIST digits (the real test set's first 8,000), one hidden layer of 64
+logistic units, batches of 200, 20 epochs; both classifiers start from the
+same weights and see the batches in the same order.
+"""
+
+import warnings
+
+import numba
+import numpy as np
+import pytest
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.neural_network import MLPClassifier
+from workloads import load_data
+
+from fastmlp import FastMLPClassifier
+
+SETTINGS = {
+    "adam": dict(solver="adam", learning_rate_init=1e-3),
+    "sgd": dict(solver="sgd", learning_rate_init=0.1, momentum=0.9),
+}
+
+
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+@pytest.mark.parametrize("library", ["fastmlp", "sklearn"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+def bench_estimator_fit(benchmark, smoke, library, solver, dtype):
+    if library == "sklearn" and dtype == np.float32 and not smoke:
+        pytest.skip("scikit-learn is compared in float64")
+    n = 1000 if smoke else 8000
+    X, y, source = load_data(n, dtype)
+    epochs = 2 if smoke else 20
+    params = dict(hidden_layer_sizes=(64,), activation="logistic", batch_size=200,
+                  max_iter=epochs, random_state=0, tol=0.0, n_iter_no_change=epochs + 1,
+                  **SETTINGS[solver])  # fmt: skip
+    cls = FastMLPClassifier if library == "fastmlp" else MLPClassifier
+
+    def fit(estimator=cls, data=(X, y), **changes):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return estimator(**{**params, **changes}).fit(*data)
+
+    fit(FastMLPClassifier, (X[:300], y[:300]), max_iter=1)  # compile, untimed
+
+    benchmark.group = f"estimator fit: {n:,} MNIST digits, {solver}, {epochs} epochs"
+    benchmark.extra_info["threads"] = numba.get_num_threads()
+    model = benchmark.pedantic(fit, rounds=3, warmup_rounds=0)
+    benchmark.extra_info["training accuracy"] = float(model.score(X, y))

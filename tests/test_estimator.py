@@ -1,0 +1,267 @@
+"""FastMLPClassifier: scikit-learn's checks, and side by side with MLPClassifier."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import numba
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.datasets import load_digits
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import GridSearchCV, cross_val_score, train_test_split
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import MinMaxScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from fastmlp import DivergenceError, FastMLPClassifier
+
+# Short runs in the checks; they warn that they did not converge, as MLPClassifier does.
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+
+@parametrize_with_checks(
+    [
+        FastMLPClassifier(max_iter=60, random_state=0),
+        FastMLPClassifier(solver="sgd", learning_rate_init=0.1, max_iter=60, random_state=0),
+        FastMLPClassifier(
+            solver="gd", learning_rate_init=0.5, activation="relu", max_iter=100, random_state=0
+        ),  # fmt: skip
+    ],
+)
+def test_scikit_learn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return train_test_split(X / 16.0, y, test_size=0.25, random_state=0)
+
+
+SETTINGS = {
+    "adam": dict(solver="adam", learning_rate_init=1e-3),
+    "sgd": dict(solver="sgd", learning_rate_init=0.1, momentum=0.9),
+}
+
+
+def settings(solver, **changes):
+    """Equal settings for both classifiers (no early stop on a flat loss)."""
+    base = dict(hidden_layer_sizes=(64,), activation="logistic", batch_size=200, max_iter=30,
+                random_state=0, tol=0.0, n_iter_no_change=1000)  # fmt: skip
+    return {**base, **SETTINGS[solver], **changes}
+
+
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+def test_same_as_scikit_learn_at_equal_settings_on_digits(digits, solver):
+    X_train, X_test, y_train, y_test = digits
+    ours = FastMLPClassifier(**settings(solver)).fit(X_train, y_train)
+    theirs = MLPClassifier(**settings(solver)).fit(X_train, y_train)
+    # Same initial weights and batch order: the same training, up to rounding.
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-9)
+    for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_,
+                    strict=True):  # fmt: skip
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-10)
+    assert abs(ours.score(X_test, y_test) - theirs.score(X_test, y_test)) <= 0.01
+    assert (ours.n_iter_, ours.t_) == (theirs.n_iter_, theirs.t_)
+    assert ours.best_loss_ == pytest.approx(theirs.best_loss_)
+
+
+def test_same_accuracy_as_scikit_learn_on_real_mnist(mnist):
+    """Train on 8,000 real MNIST digits, test on the other 2,000."""
+    X_train, y_train, X_test, y_test = (
+        mnist.X[:8000],
+        mnist.y[:8000],
+        mnist.X[8000:],
+        mnist.y[8000:],
+    )
+    kwargs = settings("adam", max_iter=15)
+    ours = FastMLPClassifier(**kwargs).fit(X_train, y_train).score(X_test, y_test)
+    theirs = MLPClassifier(**kwargs).fit(X_train, y_train).score(X_test, y_test)
+    assert ours > 0.9
+    assert abs(ours - theirs) <= 0.01
+
+
+@pytest.mark.parametrize("solver", ["adam", "sgd", "gd"])
+@pytest.mark.parametrize("activation", ["logistic", "tanh", "relu"])
+def test_solvers_and_activations_learn(digits, solver, activation):
+    X_train, X_test, y_train, y_test = digits
+    lr = {"adam": 0.01, "sgd": 0.1, "gd": 0.5}[solver]
+    clf = FastMLPClassifier(activation=activation, solver=solver, learning_rate_init=lr,
+                            max_iter=300 if solver == "gd" else 40, random_state=0)  # fmt: skip
+    clf.fit(X_train, y_train)
+    assert clf.score(X_test, y_test) > 0.85
+    assert len(clf.loss_curve_) == clf.n_iter_
+    assert clf.loss_curve_[-1] < clf.loss_curve_[0]
+
+
+def test_fitted_attributes_match_scikit_learns(digits):
+    X_train, _, y_train, _ = digits
+    ours = FastMLPClassifier(max_iter=5, random_state=0).fit(X_train, y_train)
+    theirs = MLPClassifier(hidden_layer_sizes=(64,), activation="logistic", max_iter=5,
+                           random_state=0).fit(X_train, y_train)  # fmt: skip
+    for name in ("classes_", "n_features_in_", "n_layers_", "n_outputs_", "out_activation_",
+                 "n_iter_", "t_"):  # fmt: skip
+        assert np.array_equal(getattr(ours, name), getattr(theirs, name)), name
+    assert [c.shape for c in ours.coefs_] == [c.shape for c in theirs.coefs_]
+    assert [b.shape for b in ours.intercepts_] == [b.shape for b in theirs.intercepts_]
+    assert ours.validation_scores_ is None and ours.best_validation_score_ is None
+
+
+def test_early_stopping_keeps_the_best_weights(digits):
+    X_train, _, y_train, _ = digits
+    kwargs = settings("adam", early_stopping=True, n_iter_no_change=3, max_iter=200)
+    ours = FastMLPClassifier(**kwargs).fit(X_train, y_train)
+    theirs = MLPClassifier(**kwargs).fit(X_train, y_train)
+    assert ours.best_loss_ is None
+    assert ours.n_iter_ == theirs.n_iter_ < 200
+    np.testing.assert_allclose(ours.validation_scores_, theirs.validation_scores_)
+    assert ours.best_validation_score_ == max(ours.validation_scores_)
+
+
+def test_string_labels_binary_and_probabilities(digits):
+    X_train, X_test, y_train, y_test = digits
+    names = np.where(y_train % 2 == 0, "even", "odd")
+    clf = FastMLPClassifier(max_iter=50, random_state=0).fit(X_train, names)
+    assert list(clf.classes_) == ["even", "odd"]
+    assert clf.n_outputs_ == 1 and clf.out_activation_ == "logistic"
+    proba = clf.predict_proba(X_test)
+    np.testing.assert_allclose(proba.sum(axis=1), 1)
+    np.testing.assert_allclose(clf.predict_log_proba(X_test), np.log(proba))
+    assert set(clf.predict(X_test)) <= {"even", "odd"}
+    assert clf.score(X_test, np.where(y_test % 2 == 0, "even", "odd")) > 0.85
+
+
+def test_float32_input_trains_in_float32(digits):
+    X_train, X_test, y_train, _ = digits
+    clf = FastMLPClassifier(max_iter=5, random_state=0).fit(X_train.astype(np.float32), y_train)
+    assert all(c.dtype == np.float32 for c in clf.coefs_ + clf.intercepts_)
+    assert clf.predict_proba(X_test).dtype == np.float32
+    forced = FastMLPClassifier(max_iter=5, random_state=0, dtype="float32").fit(X_train, y_train)
+    assert forced.coefs_[0].dtype == np.float32
+
+
+def test_partial_fit_continues_one_epoch_at_a_time(digits):
+    X_train, X_test, y_train, y_test = digits
+    kwargs = settings("sgd", shuffle=False)
+    incremental = FastMLPClassifier(**kwargs)
+    with pytest.raises(ValueError, match="classes must be passed"):
+        incremental.partial_fit(X_train, y_train)
+    for _ in range(5):
+        incremental.partial_fit(X_train, y_train, classes=np.arange(10))
+    whole = FastMLPClassifier(**{**kwargs, "max_iter": 5}).fit(X_train, y_train)
+    np.testing.assert_allclose(incremental.coefs_[0], whole.coefs_[0], rtol=1e-12, atol=1e-14)
+    assert incremental.n_iter_ == 5
+    with pytest.raises(ValueError, match="labels not in classes_"):
+        incremental.partial_fit(X_train[:3], [0, 1, 11])
+
+
+def test_warm_start_continues_from_the_last_fit(digits):
+    X_train, _, y_train, _ = digits
+    clf = FastMLPClassifier(max_iter=3, warm_start=True, random_state=0).fit(X_train, y_train)
+    first = clf.coefs_[0].copy()
+    clf.fit(X_train, y_train)
+    assert clf.n_iter_ == 6 and not np.array_equal(first, clf.coefs_[0])
+
+
+def test_pickle_and_clone(digits):
+    X_train, X_test, y_train, _ = digits
+    clf = FastMLPClassifier(max_iter=20, random_state=0).fit(X_train, y_train)
+    restored = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(restored.predict_proba(X_test), clf.predict_proba(X_test))
+    restored.partial_fit(X_train, y_train)  # and it trains on
+    fresh = clone(clf)
+    assert not hasattr(fresh, "coefs_") and fresh.get_params() == clf.get_params()
+
+
+def test_coefs_are_the_weights_it_predicts_with(digits):
+    X_train, X_test, y_train, _ = digits
+    clf = FastMLPClassifier(max_iter=20, random_state=0).fit(X_train, y_train)
+    clf.coefs_ = [np.zeros_like(c) for c in clf.coefs_]
+    clf.intercepts_ = [np.zeros_like(b) for b in clf.intercepts_]
+    np.testing.assert_allclose(clf.predict_proba(X_test), 0.1)
+
+
+def test_pipeline_cross_validation_and_grid_search(digits):
+    X_train, X_test, y_train, y_test = digits
+    clf = FastMLPClassifier(learning_rate_init=0.01, max_iter=30, random_state=0)
+    pipe = make_pipeline(MinMaxScaler(), clf)
+    scores = cross_val_score(pipe, X_train, y_train, cv=3)
+    assert scores.mean() > 0.85
+
+    def threads(estimator, X, y):  # runs in the worker: how many threads it trains with
+        return numba.get_num_threads()
+
+    search = GridSearchCV(pipe, {"fastmlpclassifier__hidden_layer_sizes": [(16,), (32,)]},
+                          cv=2, n_jobs=2, scoring={"accuracy": "accuracy", "threads": threads},
+                          refit="accuracy")  # fmt: skip
+    search.fit(X_train, y_train)
+    # Two workers on two cores: each one trains with one thread, no oversubscription.
+    assert set(search.cv_results_["mean_test_threads"]) == {1.0}
+    assert search.score(X_test, y_test) > 0.85
+
+
+GRID_SEARCH = textwrap.dedent(
+    """
+    import json, warnings
+    from sklearn.datasets import load_digits
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import GridSearchCV
+    from fastmlp import FastMLPClassifier
+    warnings.simplefilter("ignore", ConvergenceWarning)
+    X, y = load_digits(return_X_y=True)
+    grid = {"hidden_layer_sizes": [(8,), (16,)], "dtype": ["float32", "float64"]}
+    search = GridSearchCV(FastMLPClassifier(max_iter=5, random_state=0), grid, cv=2, n_jobs=N)
+    search.fit(X / 16, y)
+    print(json.dumps(search.cv_results_["mean_test_score"].tolist()))
+    """
+)
+
+
+def test_grid_search_on_a_cold_cache_in_two_processes(tmp_path):
+    """Two loky workers compile and write the same cache at once (numba#4807)."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    scores = []
+    for jobs in (2, 1):
+        code = GRID_SEARCH.replace("n_jobs=N", f"n_jobs={jobs}")
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, timeout=600)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        scores.append(json.loads(done.stdout))
+    assert scores[0] == scores[1]
+
+
+def test_bad_parameters_say_what_is_supported(digits):
+    X_train, _, y_train, _ = digits
+    cases = [
+        (dict(hidden_layer_sizes=(10, 10)), "exactly one hidden layer"),
+        (dict(solver="lbfgs"), "solver='lbfgs' is not supported; use one of 'sgd', 'adam', 'gd'"),
+        (dict(activation="identity"), "activation='identity' is not supported"),
+        (dict(learning_rate_init=0.0), "learning_rate_init must be positive"),
+        (dict(momentum=1.5), r"momentum must be in \[0, 1\)"),
+        (dict(batch_size=0), "batch_size must be 'auto' or a positive integer"),
+        (dict(dtype="float16"), "dtype must be float32 or float64"),
+    ]
+    for params, message in cases:
+        with pytest.raises(ValueError, match=message):
+            FastMLPClassifier(**params).fit(X_train, y_train)
+
+
+def test_divergence_is_reported_and_weights_stay_finite(digits):
+    X_train, _, y_train, _ = digits
+    clf = FastMLPClassifier(solver="sgd", learning_rate_init=1e300, activation="relu",
+                            max_iter=50, random_state=0)  # fmt: skip
+    with pytest.raises(DivergenceError, match="diverged in epoch"):
+        clf.fit(X_train, y_train)
+    assert all(np.isfinite(c).all() for c in clf.coefs_ + clf.intercepts_)
+
+
+def test_convergence_warning_at_max_iter(digits):
+    X_train, _, y_train, _ = digits
+    with pytest.warns(ConvergenceWarning, match="Maximum iterations"):
+        FastMLPClassifier(max_iter=2, random_state=0).fit(X_train, y_train)
