@@ -365,6 +365,7 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
         )  # fmt: skip
 
     def _train(self, X, labels, incremental):
+        X_val = labels_val = None
         if self.early_stopping:
             # Split as scikit-learn does (stratified only with one output), so
             # that the same random_state holds out the same samples.
@@ -419,8 +420,7 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
             self.loss_curve_.append(loss)
             if self.verbose:
                 print(f"Iteration {self.n_iter_}, loss = {loss:.8f}")
-            self._update_no_improvement_count(X_val if self.early_stopping else None,
-                                              labels_val if self.early_stopping else None)  # fmt: skip
+            self._update_no_improvement_count(X_val, labels_val)
             if self.solver != "adam" and self.learning_rate == "invscaling":
                 optimizer.learning_rate = self.learning_rate_init / (self.t_ + 1) ** self.power_t
             if self._no_improvement_count > self.n_iter_no_change:
