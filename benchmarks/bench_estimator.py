@@ -33,9 +33,16 @@ def bench_estimator_fit(benchmark, smoke, library, solver, dtype):
     n = 1000 if smoke else 8000
     X, y, source = load_data(n, dtype)
     epochs = 2 if smoke else 20
-    params = dict(hidden_layer_sizes=(64,), activation="logistic", batch_size=200,
-                  max_iter=epochs, random_state=0, tol=0.0, n_iter_no_change=epochs + 1,
-                  **SETTINGS[solver])  # fmt: skip
+    params = dict(
+        hidden_layer_sizes=(64,),
+        activation="logistic",
+        batch_size=200,
+        max_iter=epochs,
+        random_state=0,
+        tol=0.0,
+        n_iter_no_change=epochs + 1,
+        **SETTINGS[solver],
+    )
     cls = FastMLPClassifier if library == "fastmlp" else MLPClassifier
 
     def fit(estimator=cls, data=(X, y), **changes):

@@ -75,9 +75,21 @@ def bench_backward(benchmark, setup, implementation):
 
         def backward():  # on fresh activations each round: backward overwrites them
             A1[:], A2[:] = saved
-            return kernels.backward(X, batch.rows, batch.csc, y, W1, W2, 0, 0.0, A1, A2,
-                                    *kernels.unpack(net.grads, N_X, N_H, N_Y), partial,
-                                    partial_loss)  # fmt: skip
+            return kernels.backward(
+                X,
+                batch.rows,
+                batch.csc,
+                y,
+                W1,
+                W2,
+                0,
+                0.0,
+                A1,
+                A2,
+                *kernels.unpack(net.grads, N_X, N_H, N_Y),
+                partial,
+                partial_loss,
+            )
 
         timed(benchmark, group, backward)
 

@@ -40,7 +40,8 @@ def bench_workload(benchmark, smoke, name, implementation, dtype):
         torch.set_num_threads(numba.get_num_threads())  # the same threads as fastmlp
     benchmark.group = workload.describe()
     benchmark.extra_info["threads"] = numba.get_num_threads()
-    result = benchmark.pedantic(run, args=(implementation, workload, X, y), rounds=3,
-                                warmup_rounds=1)  # fmt: skip
+    result = benchmark.pedantic(
+        run, args=(implementation, workload, X, y), rounds=3, warmup_rounds=1
+    )
     benchmark.extra_info["accuracy"] = result.accuracy
     assert 0 <= result.accuracy <= 1

@@ -55,16 +55,25 @@ def machine() -> dict:
         cpu = re.search(r"model name\s*:\s*(.*)", text).group(1)
     except (OSError, AttributeError):
         pass
-    versions = {"python": platform.python_version(), "numpy": np.__version__,
-                "numba": numba.__version__, "fastmlp": fastmlp.__version__}  # fmt: skip
+    versions = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "fastmlp": fastmlp.__version__,
+    }
     for name in ("sklearn", "torch"):
         try:
             versions[name] = __import__(name).__version__
         except ImportError:
             versions[name] = "not installed"
     system = f"{platform.system()} {platform.release()}"
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": numba.get_num_threads(),
-            "system": system, "versions": versions}  # fmt: skip
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": numba.get_num_threads(),
+        "system": system,
+        "versions": versions,
+    }
 
 
 def gemm_rate(dtype, rounds: int = 20) -> float:
@@ -86,8 +95,11 @@ def time_workloads(rounds: int, names) -> list[dict]:
     for name in names:
         workload = WORKLOADS[name]
         for implementation, dtype in IMPLEMENTATIONS:
-            row = {"workload": name, "implementation": implementation,
-                   "dtype": np.dtype(dtype).name}  # fmt: skip
+            row = {
+                "workload": name,
+                "implementation": implementation,
+                "dtype": np.dtype(dtype).name,
+            }
             if not available(implementation):
                 row["note"] = f"{implementation} is not installed"
                 rows.append(row)
@@ -100,11 +112,18 @@ def time_workloads(rounds: int, names) -> list[dict]:
                 torch.set_num_threads(numba.get_num_threads())
             results = [run(implementation, workload, X, y) for _ in range(rounds)]
             seconds = statistics.median(r.seconds for r in results)
-            row.update(seconds=seconds, accuracy=results[-1].accuracy, data=source,
-                       gflops=flops(workload) / seconds / 1e9)  # fmt: skip
+            row.update(
+                seconds=seconds,
+                accuracy=results[-1].accuracy,
+                data=source,
+                gflops=flops(workload) / seconds / 1e9,
+            )
             rows.append(row)
-            print(f"  {name} {implementation:8s} {row['dtype']:8s} {seconds:8.3f} s  "
-                  f"accuracy {row['accuracy']:.4f}", flush=True)  # fmt: skip
+            print(
+                f"  {name} {implementation:8s} {row['dtype']:8s} {seconds:8.3f} s  "
+                f"accuracy {row['accuracy']:.4f}",
+                flush=True,
+            )
     for row in rows:
         if "seconds" not in row:
             continue
@@ -170,10 +189,12 @@ def peak_memory() -> dict:
         return {"note": "needs Linux's /proc/self/clear_refs"}
     for name in ("W1", "W3"):
         for implementation in ("numpy", "numba"):
-            code = MEMORY_CHILD.format(here=str(Path(__file__).parent), name=name,
-                                       implementation=implementation)  # fmt: skip
-            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                 check=True).stdout  # fmt: skip
+            code = MEMORY_CHILD.format(
+                here=str(Path(__file__).parent), name=name, implementation=implementation
+            )
+            out = subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, check=True
+            ).stdout
             result[f"{name} {implementation}"] = json.loads(out)["peak_added_mb"]
     return result
 
@@ -193,8 +214,10 @@ def markdown(report: dict) -> str:
     ]
     for row in report["workloads"]:
         if "seconds" not in row:
-            lines.append(f"| {row['workload']} | {row['implementation']} | {row['dtype']} "
-                         f"| {row['note']} | | | | |")  # fmt: skip
+            lines.append(
+                f"| {row['workload']} | {row['implementation']} | {row['dtype']} "
+                f"| {row['note']} | | | | |"
+            )
             continue
         vs_torch = f"{row['vs_torch']:.2f}x" if "vs_torch" in row else ""
         lines.append(
@@ -236,8 +259,10 @@ def main() -> None:
     report["workloads"] = time_workloads(args.rounds, args.workloads.split(","))
     report["threads"] = thread_scaling()
     with tempfile.TemporaryDirectory() as cache:
-        report["startup"] = {"cold": startup.measure(cache, all_kernels=True),
-                             "cached": startup.measure(cache, all_kernels=False)}  # fmt: skip
+        report["startup"] = {
+            "cold": startup.measure(cache, all_kernels=True),
+            "cached": startup.measure(cache, all_kernels=False),
+        }
     report["memory"] = peak_memory()
     text = markdown(report)
     print()

@@ -68,10 +68,11 @@ def main() -> None:
         cold = measure(cache, all_kernels=True)
         warm = measure(cache, all_kernels=False)
     result = {"cold": cold, "cached": warm}
-    print(f"cold process:   import {cold['import']:.2f} s, compile + first step "
-          f"{cold['first_step']:.2f} s, every kernel {cold['all_kernels']:.2f} s")  # fmt: skip
-    print(f"cached process: import {warm['import']:.2f} s, first step "
-          f"{warm['first_step']:.2f} s")  # fmt: skip
+    print(
+        f"cold process:   import {cold['import']:.2f} s, compile + first step "
+        f"{cold['first_step']:.2f} s, every kernel {cold['all_kernels']:.2f} s"
+    )
+    print(f"cached process: import {warm['import']:.2f} s, first step {warm['first_step']:.2f} s")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(result, handle, indent=2)

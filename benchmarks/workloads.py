@@ -113,9 +113,15 @@ def _accuracy_of_params(X, y, params) -> float:
 def run_fastmlp(workload: Workload, X, y, backend: str) -> Result:
     start = time.perf_counter()
     model = fastmlp.train(
-        X, y, hidden=workload.hidden, iterations=workload.steps - (workload.batch_size is None),
-        alpha=workload.alpha, backend=backend, batch_size=workload.batch_size, log_every=None,
-    )  # fmt: skip
+        X,
+        y,
+        hidden=workload.hidden,
+        iterations=workload.steps - (workload.batch_size is None),
+        alpha=workload.alpha,
+        backend=backend,
+        batch_size=workload.batch_size,
+        log_every=None,
+    )
     seconds = time.perf_counter() - start
     return Result(seconds, lambda: model.score(X, y))
 
@@ -157,11 +163,19 @@ def run_sklearn(workload: Workload, X, y) -> Result:
     from sklearn.neural_network import MLPClassifier
 
     clf = MLPClassifier(
-        hidden_layer_sizes=(workload.hidden,), activation="logistic", solver="sgd", alpha=0.0,
-        batch_size=workload.batch_size or len(y), learning_rate_init=workload.alpha,
-        momentum=0.0, max_iter=workload.steps, shuffle=True, tol=0.0,
-        n_iter_no_change=workload.steps + 1, random_state=1,
-    )  # fmt: skip
+        hidden_layer_sizes=(workload.hidden,),
+        activation="logistic",
+        solver="sgd",
+        alpha=0.0,
+        batch_size=workload.batch_size or len(y),
+        learning_rate_init=workload.alpha,
+        momentum=0.0,
+        max_iter=workload.steps,
+        shuffle=True,
+        tol=0.0,
+        n_iter_no_change=workload.steps + 1,
+        random_state=1,
+    )
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)

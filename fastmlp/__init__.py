@@ -11,6 +11,7 @@ The public API:
 
 from .errors import DivergenceError, ModelFileError
 from .model import Model, Progress
+from .modelfile import load_model, save_model
 from .training import gradient_descent, train
 
 __version__ = "0.1.0"
@@ -33,5 +34,7 @@ __all__ = [
     "Progress",
     "__version__",
     "gradient_descent",
+    "load_model",
+    "save_model",
     "train",
 ]

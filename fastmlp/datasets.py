@@ -176,9 +176,14 @@ def fetch_mnist(data_home=None) -> Dataset:
             # fetch_openml warns before each retry; the error below says it once.
             warnings.filterwarnings("ignore", "A network error occurred", UserWarning)
             mnist = fetch_openml(
-                "mnist_784", version=1, as_frame=False, parser="auto",
-                data_home=data_home, n_retries=1, delay=0.5,
-            )  # fmt: skip
+                "mnist_784",
+                version=1,
+                as_frame=False,
+                parser="auto",
+                data_home=data_home,
+                n_retries=1,
+                delay=0.5,
+            )
     except OSError as error:  # URLError, HTTPError and socket errors
         raise DatasetUnavailable(f"MNIST could not be fetched from OpenML ({error})") from None
     return Dataset(mnist.data / 255.0, mnist.target.astype(np.int64), "mnist", (28, 28))

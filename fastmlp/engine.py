@@ -175,9 +175,14 @@ class FastNetwork:
         for start in range(0, m, size):
             rows = np.arange(start, min(m, start + size))
             kernels.forward(
-                X, rows, self._dense, *self.params, self._code, A1[: rows.size],
+                X,
+                rows,
+                self._dense,
+                *self.params,
+                self._code,
+                A1[: rows.size],
                 A2[start:][: rows.size],
-            )  # fmt: skip
+            )
         return A2
 
     def full_batch(self, X, labels, sparse: bool | None = None) -> FullBatch:
@@ -205,9 +210,19 @@ class FastNetwork:
 
     def _train_epoch(self, X, labels, order, batch_size, optimizer, work, csr, csc, mode):
         total, failed = kernels.train_epoch(
-            X, labels, order, batch_size, self.theta, self.grads, self._code,
-            optimizer.as_kernel_args(), work, csr, csc, mode,
-        )  # fmt: skip
+            X,
+            labels,
+            order,
+            batch_size,
+            self.theta,
+            self.grads,
+            self._code,
+            optimizer.as_kernel_args(),
+            work,
+            csr,
+            csc,
+            mode,
+        )
         return float(total), int(failed)
 
 
@@ -238,9 +253,16 @@ class FullBatch:
         and whether the update was made (not when anything is non-finite)."""
         m = self.rows.size
         total, failed = self.network._train_epoch(
-            self.X, self.labels, self.rows, m, optimizer, self.work, self.csr, self.csc,
+            self.X,
+            self.labels,
+            self.rows,
+            m,
+            optimizer,
+            self.work,
+            self.csr,
+            self.csc,
             self.mode,
-        )  # fmt: skip
+        )
         if failed >= 0:
             return float("nan"), False
         return total / m, True

@@ -229,8 +229,9 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise ValueError(f"{name} must be a number, got {value!r}")
             if not np.isfinite(value) or value < 0 or (name in positive and value == 0):
-                raise ValueError(f"{name} must be {'positive' if name in positive else '>= 0'}"
-                                 f", got {value}")  # fmt: skip
+                raise ValueError(
+                    f"{name} must be {'positive' if name in positive else '>= 0'}, got {value}"
+                )
         for name in ("momentum", "beta_1", "beta_2", "validation_fraction"):
             value = getattr(self, name)
             if not isinstance(value, numbers.Real) or not 0 <= value < 1:
@@ -244,8 +245,9 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
             or not isinstance(self.batch_size, numbers.Integral)
             or self.batch_size < 1
         ):
-            raise ValueError(f"batch_size must be 'auto' or a positive integer, got "
-                             f"{self.batch_size!r}")  # fmt: skip
+            raise ValueError(
+                f"batch_size must be 'auto' or a positive integer, got {self.batch_size!r}"
+            )
         if self.dtype is not None:
             resolve_dtype(self.dtype)
         return int(hidden)
@@ -309,14 +311,19 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
                 intercepts.append(np.zeros(fan_out))
             else:
                 # scikit-learn's Glorot-uniform draws, in its order.
-                bound = np.sqrt((2.0 if self.activation == "logistic" else 6.0) /
-                                (fan_in + fan_out))  # fmt: skip
+                bound = np.sqrt(
+                    (2.0 if self.activation == "logistic" else 6.0) / (fan_in + fan_out)
+                )
                 coefs.append(rng.uniform(-bound, bound, (fan_in, fan_out)))
                 intercepts.append(rng.uniform(-bound, bound, fan_out))
-        theta = np.concatenate([
-            coefs[0].ravel(), intercepts[0], np.ascontiguousarray(coefs[1].T).ravel(),
-            intercepts[1],
-        ]).astype(dtype)  # fmt: skip
+        theta = np.concatenate(
+            [
+                coefs[0].ravel(),
+                intercepts[0],
+                np.ascontiguousarray(coefs[1].T).ravel(),
+                intercepts[1],
+            ]
+        ).astype(dtype)
         self._network = FastNetwork(theta, n_features, hidden, n_out, self.activation)
         self._point_attributes_at_network()
         self.n_iter_ = 0
@@ -348,8 +355,9 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
         W1, W2 = (np.asarray(c) for c in self.coefs_)
         b1, b2 = (np.asarray(b) for b in self.intercepts_)
         dtype = W1.dtype if W1.dtype in (np.float32, np.float64) else np.float64
-        theta = np.concatenate([W1.ravel(), b1.ravel(), np.ascontiguousarray(W2.T).ravel(),
-                                b2.ravel()]).astype(dtype)  # fmt: skip
+        theta = np.concatenate(
+            [W1.ravel(), b1.ravel(), np.ascontiguousarray(W2.T).ravel(), b2.ravel()]
+        ).astype(dtype)
         (n_x, n_h), n_y = W1.shape, W2.shape[1]
         self._network = FastNetwork(theta, n_x, n_h, n_y, self.activation)
         self._point_attributes_at_network()
@@ -359,10 +367,17 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
         solver = "adam" if self.solver == "adam" else "sgd"
         momentum = self.momentum if self.solver == "sgd" else 0.0
         return Optimizer(
-            solver, theta.size, theta.dtype, learning_rate=self.learning_rate_init,
-            momentum=momentum, nesterov=self.nesterovs_momentum, beta1=self.beta_1,
-            beta2=self.beta_2, epsilon=self.epsilon, l2=self.alpha,
-        )  # fmt: skip
+            solver,
+            theta.size,
+            theta.dtype,
+            learning_rate=self.learning_rate_init,
+            momentum=momentum,
+            nesterov=self.nesterovs_momentum,
+            beta1=self.beta_1,
+            beta2=self.beta_2,
+            epsilon=self.epsilon,
+            l2=self.alpha,
+        )
 
     def _train(self, X, labels, incremental):
         X_val = labels_val = None
@@ -371,9 +386,12 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
             # that the same random_state holds out the same samples.
             stratify = labels.reshape(-1, 1).astype(bool) if self.n_outputs_ == 1 else None
             X, X_val, labels, labels_val = train_test_split(
-                X, labels, random_state=self._random_state,
-                test_size=self.validation_fraction, stratify=stratify,
-            )  # fmt: skip
+                X,
+                labels,
+                random_state=self._random_state,
+                test_size=self.validation_fraction,
+                stratify=stratify,
+            )
             X = np.ascontiguousarray(X)
             if len(labels_val) < 2:
                 raise ValueError(
@@ -425,8 +443,10 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
                 optimizer.learning_rate = self.learning_rate_init / (self.t_ + 1) ** self.power_t
             if self._no_improvement_count > self.n_iter_no_change:
                 what = "Validation score" if self.early_stopping else "Training loss"
-                msg = (f"{what} did not improve more than tol={self.tol:f} for "
-                       f"{self.n_iter_no_change} consecutive epochs.")  # fmt: skip
+                msg = (
+                    f"{what} did not improve more than tol={self.tol:f} for "
+                    f"{self.n_iter_no_change} consecutive epochs."
+                )
                 if self._stop(msg, optimizer):
                     break
                 self._no_improvement_count = 0

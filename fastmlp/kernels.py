@@ -377,7 +377,7 @@ def _finish_input_row(g, W1_row, l2, m):
 @kernel(parallel=True)
 def backward(
     X, rows, csc, y, W1, W2, activation, l2, A1, A2, dW1, db1, dW2, db2, partial, partial_loss
-):  # fmt: skip
+):
     """All six gradients of the mean cross-entropy (plus ``l2/2m`` times the
     squared weights) for the examples ``X[rows]`` with labels ``y[rows]``.
 
@@ -476,14 +476,25 @@ def _update_if_finite(loss, theta, grads, optimizer):
     if solver == ADAM:
         step[0] += 1
         adam_update(
-            theta, grads, state[0], state[1], hyper[LEARNING_RATE], hyper[BETA1],
-            hyper[BETA2], hyper[EPSILON], step[0],
-        )  # fmt: skip
+            theta,
+            grads,
+            state[0],
+            state[1],
+            hyper[LEARNING_RATE],
+            hyper[BETA1],
+            hyper[BETA2],
+            hyper[EPSILON],
+            step[0],
+        )
     elif solver == MOMENTUM:
         momentum_update(
-            theta, grads, state[0], hyper[LEARNING_RATE], hyper[MOMENTUM_COEF],
+            theta,
+            grads,
+            state[0],
+            hyper[LEARNING_RATE],
+            hyper[MOMENTUM_COEF],
             hyper[NESTEROV] != 0,
-        )  # fmt: skip
+        )
     else:
         sgd_update(theta, grads, hyper[LEARNING_RATE])
     return True
@@ -532,9 +543,23 @@ def train_epoch(X, y, order, batch_size, theta, grads, activation, optimizer, wo
             csr_m = csr
         forward(X, rows, csr_m, W1, b1, W2, b2, activation, a1, a2)
         loss = backward(
-            X, rows, csc, y, W1, W2, activation, l2, a1, a2, dW1, db1, dW2, db2,
-            partial, partial_loss,
-        )  # fmt: skip
+            X,
+            rows,
+            csc,
+            y,
+            W1,
+            W2,
+            activation,
+            l2,
+            a1,
+            a2,
+            dW1,
+            db1,
+            dW2,
+            db2,
+            partial,
+            partial_loss,
+        )
         if not _update_if_finite(loss, theta, grads, optimizer):
             return total, batch
         total += loss * m

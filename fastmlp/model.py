@@ -92,9 +92,12 @@ class Model:
             array.setflags(write=False)
             object.__setattr__(self, name, array)
         network = FastNetwork(
-            flatten_params(self.W1, self.b1, self.W2, self.b2), n_x, n_h, n_y,
+            flatten_params(self.W1, self.b1, self.W2, self.b2),
+            n_x,
+            n_h,
+            n_y,
             self.activation,
-        )  # fmt: skip
+        )
         object.__setattr__(self, "_network", network)
 
     @property

@@ -160,10 +160,24 @@ def one_hot(labels, n_y):
 
 
 def train_epoch(
-    params, X, labels, order, batch_size, solver="sgd", state=None, *,
-    learning_rate=0.01, momentum=0.0, nesterov=False, beta1=0.9, beta2=0.999,
-    epsilon=1e-8, step=0, activation="logistic", l2=0.0,
-):  # fmt: skip
+    params,
+    X,
+    labels,
+    order,
+    batch_size,
+    solver="sgd",
+    state=None,
+    *,
+    learning_rate=0.01,
+    momentum=0.0,
+    nesterov=False,
+    beta1=0.9,
+    beta2=0.999,
+    epsilon=1e-8,
+    step=0,
+    activation="logistic",
+    l2=0.0,
+):
     """One epoch of mini-batch training, in place on ``params = [W1, b1, W2, b2]``.
 
     ``order`` lists the examples (columns of ``X``) in the order they are
@@ -190,8 +204,9 @@ def train_epoch(
         step += solver == "adam"
         for i, (p, g) in enumerate(zip(params, grads, strict=True)):
             if solver == "adam":
-                adam_update(p, g, state[0][i], state[1][i], learning_rate, beta1,
-                            beta2, epsilon, step)  # fmt: skip
+                adam_update(
+                    p, g, state[0][i], state[1][i], learning_rate, beta1, beta2, epsilon, step
+                )
             elif momentum:
                 momentum_update(p, g, state[0][i], learning_rate, momentum, nesterov)
             else:

@@ -239,9 +239,14 @@ class _ReferenceMiniBatch(_Reference):
     def step(self):
         order = self.rng.permutation(len(self.labels))
         total, _, failed = reference.train_epoch(
-            self.parameters, self.X, self.labels, order, self.batch_size,
-            learning_rate=self.alpha, activation=self.activation,
-        )  # fmt: skip
+            self.parameters,
+            self.X,
+            self.labels,
+            order,
+            self.batch_size,
+            learning_rate=self.alpha,
+            activation=self.activation,
+        )
         if failed >= 0:
             return float("nan"), False
         return total / len(order), True

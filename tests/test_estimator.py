@@ -31,7 +31,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceW
         FastMLPClassifier(solver="sgd", learning_rate_init=0.1, max_iter=60, random_state=0),
         FastMLPClassifier(
             solver="gd", learning_rate_init=0.5, activation="relu", max_iter=100, random_state=0
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_scikit_learn_estimator_checks(estimator, check):
@@ -52,8 +52,15 @@ SETTINGS = {
 
 def settings(solver, **changes):
     """Equal settings for both classifiers (no early stop on a flat loss)."""
-    base = dict(hidden_layer_sizes=(64,), activation="logistic", batch_size=200, max_iter=30,
-                random_state=0, tol=0.0, n_iter_no_change=1000)  # fmt: skip
+    base = dict(
+        hidden_layer_sizes=(64,),
+        activation="logistic",
+        batch_size=200,
+        max_iter=30,
+        random_state=0,
+        tol=0.0,
+        n_iter_no_change=1000,
+    )
     return {**base, **SETTINGS[solver], **changes}
 
 
@@ -64,8 +71,9 @@ def test_same_as_scikit_learn_at_equal_settings_on_digits(digits, solver):
     theirs = MLPClassifier(**settings(solver)).fit(X_train, y_train)
     # Same initial weights and batch order: the same training, up to rounding.
     np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-9)
-    for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_,
-                    strict=True):  # fmt: skip
+    for a, b in zip(
+        ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_, strict=True
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-10)
     assert abs(ours.score(X_test, y_test) - theirs.score(X_test, y_test)) <= 0.01
     assert (ours.n_iter_, ours.t_) == (theirs.n_iter_, theirs.t_)
@@ -92,8 +100,13 @@ def test_same_accuracy_as_scikit_learn_on_real_mnist(mnist):
 def test_solvers_and_activations_learn(digits, solver, activation):
     X_train, X_test, y_train, y_test = digits
     lr = {"adam": 0.01, "sgd": 0.1, "gd": 0.5}[solver]
-    clf = FastMLPClassifier(activation=activation, solver=solver, learning_rate_init=lr,
-                            max_iter=300 if solver == "gd" else 40, random_state=0)  # fmt: skip
+    clf = FastMLPClassifier(
+        activation=activation,
+        solver=solver,
+        learning_rate_init=lr,
+        max_iter=300 if solver == "gd" else 40,
+        random_state=0,
+    )
     clf.fit(X_train, y_train)
     assert clf.score(X_test, y_test) > 0.85
     assert len(clf.loss_curve_) == clf.n_iter_
@@ -103,10 +116,18 @@ def test_solvers_and_activations_learn(digits, solver, activation):
 def test_fitted_attributes_match_scikit_learns(digits):
     X_train, _, y_train, _ = digits
     ours = FastMLPClassifier(max_iter=5, random_state=0).fit(X_train, y_train)
-    theirs = MLPClassifier(hidden_layer_sizes=(64,), activation="logistic", max_iter=5,
-                           random_state=0).fit(X_train, y_train)  # fmt: skip
-    for name in ("classes_", "n_features_in_", "n_layers_", "n_outputs_", "out_activation_",
-                 "n_iter_", "t_"):  # fmt: skip
+    theirs = MLPClassifier(
+        hidden_layer_sizes=(64,), activation="logistic", max_iter=5, random_state=0
+    ).fit(X_train, y_train)
+    for name in (
+        "classes_",
+        "n_features_in_",
+        "n_layers_",
+        "n_outputs_",
+        "out_activation_",
+        "n_iter_",
+        "t_",
+    ):
         assert np.array_equal(getattr(ours, name), getattr(theirs, name)), name
     assert [c.shape for c in ours.coefs_] == [c.shape for c in theirs.coefs_]
     assert [b.shape for b in ours.intercepts_] == [b.shape for b in theirs.intercepts_]
@@ -197,9 +218,14 @@ def test_pipeline_cross_validation_and_grid_search(digits):
     def threads(estimator, X, y):  # runs in the worker: how many threads it trains with
         return numba.get_num_threads()
 
-    search = GridSearchCV(pipe, {"fastmlpclassifier__hidden_layer_sizes": [(16,), (32,)]},
-                          cv=2, n_jobs=2, scoring={"accuracy": "accuracy", "threads": threads},
-                          refit="accuracy")  # fmt: skip
+    search = GridSearchCV(
+        pipe,
+        {"fastmlpclassifier__hidden_layer_sizes": [(16,), (32,)]},
+        cv=2,
+        n_jobs=2,
+        scoring={"accuracy": "accuracy", "threads": threads},
+        refit="accuracy",
+    )
     search.fit(X_train, y_train)
     # Two workers on two cores: each one trains with one thread, no oversubscription.
     assert set(search.cv_results_["mean_test_threads"]) == {1.0}
@@ -229,8 +255,9 @@ def test_grid_search_on_a_cold_cache_in_two_processes(tmp_path):
     scores = []
     for jobs in (2, 1):
         code = GRID_SEARCH.replace("n_jobs=N", f"n_jobs={jobs}")
-        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                              text=True, timeout=600)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         scores.append(json.loads(done.stdout))
     assert scores[0] == scores[1]
@@ -254,8 +281,9 @@ def test_bad_parameters_say_what_is_supported(digits):
 
 def test_divergence_is_reported_and_weights_stay_finite(digits):
     X_train, _, y_train, _ = digits
-    clf = FastMLPClassifier(solver="sgd", learning_rate_init=1e300, activation="relu",
-                            max_iter=50, random_state=0)  # fmt: skip
+    clf = FastMLPClassifier(
+        solver="sgd", learning_rate_init=1e300, activation="relu", max_iter=50, random_state=0
+    )
     with pytest.raises(DivergenceError, match="diverged in epoch"):
         clf.fit(X_train, y_train)
     assert all(np.isfinite(c).all() for c in clf.coefs_ + clf.intercepts_)

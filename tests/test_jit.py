@@ -58,8 +58,9 @@ def test_serial_kernels_give_the_same_model(tmp_path):
     np.testing.assert_allclose(serial["W1"], parallel["W1"], rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.parametrize("value, expected", [("0", False), ("off", False), ("1", True),
-                                             ("", True), (None, True)])  # fmt: skip
+@pytest.mark.parametrize(
+    "value, expected", [("0", False), ("off", False), ("1", True), ("", True), (None, True)]
+)
 def test_switches_read_the_environment(monkeypatch, value, expected):
     from fastmlp import _jit
 

@@ -138,8 +138,9 @@ def test_forward_and_backward_match_reference(rng, dtype, activation, sparse, n_
         X, rows, csc, y, W1, W2, code, l2, A1, A2, *grads, partial, partial_loss
     )
     Y = reference.one_hot(y, n_y).astype(dtype)
-    expected = reference.backward(Z1, A1_ref, Z2, A2_ref, params[0], params[2], X.T, Y,
-                                  activation, l2)  # fmt: skip
+    expected = reference.backward(
+        Z1, A1_ref, Z2, A2_ref, params[0], params[2], X.T, Y, activation, l2
+    )
     expected_loss = (
         reference.cross_entropy(A2_ref, Y)
         + 0.5 * l2 * (np.sum(params[0] ** 2) + np.sum(params[2] ** 2)) / m
@@ -167,9 +168,21 @@ def test_backward_matches_finite_differences(rng, activation, n_y):
         W1, b1, W2, b2 = kernels.unpack(t, n_x, n_h, n_y)
         grads = np.empty_like(t)
         kernels.forward(X, rows, csr, W1, b1, W2, b2, code, A1, A2)
-        loss = kernels.backward(X, rows, csc, y, W1, W2, code, l2, A1, A2,
-                                *kernels.unpack(grads, n_x, n_h, n_y), partial,
-                                partial_loss)  # fmt: skip
+        loss = kernels.backward(
+            X,
+            rows,
+            csc,
+            y,
+            W1,
+            W2,
+            code,
+            l2,
+            A1,
+            A2,
+            *kernels.unpack(grads, n_x, n_h, n_y),
+            partial,
+            partial_loss,
+        )
         return loss, grads
 
     _, grads = loss_and_grads(theta)
@@ -220,8 +233,9 @@ def test_train_epoch_matches_reference(rng, dtype, solver, sparse):
     if solver == "adam":
         settings["learning_rate"] = 0.005
     net = engine.FastNetwork(engine.flatten_params(*params), n_x, n_h, n_y, "tanh")
-    optimizer = engine.Optimizer("adam" if solver == "adam" else "sgd",
-                                 net.theta.size, dtype, **settings)  # fmt: skip
+    optimizer = engine.Optimizer(
+        "adam" if solver == "adam" else "sgd", net.theta.size, dtype, **settings
+    )
     expected = [p.copy() for p in params]
     shapes = [p.shape for p in params]
     state = [[np.zeros(s, dtype) for s in shapes] for _ in range(2)]
@@ -230,13 +244,20 @@ def test_train_epoch_matches_reference(rng, dtype, solver, sparse):
         order = rng.permutation(m)
         total, failed = net.epoch(X, y, order, batch, optimizer, sparse)
         expected_total, step, expected_failed = reference.train_epoch(
-            expected, X.T, y, order, batch, "adam" if solver == "adam" else "sgd",
-            state, step=step, activation="tanh", **settings,
-        )  # fmt: skip
+            expected,
+            X.T,
+            y,
+            order,
+            batch,
+            "adam" if solver == "adam" else "sgd",
+            state,
+            step=step,
+            activation="tanh",
+            **settings,
+        )
         assert failed == expected_failed == -1
         assert_close(total, expected_total, dtype)
-    for fast, slow in zip(engine.notebook_params(net.theta, n_x, n_h, n_y), expected,
-                          strict=True):  # fmt: skip
+    for fast, slow in zip(engine.notebook_params(net.theta, n_x, n_h, n_y), expected, strict=True):
         # Three epochs of updates compound the rounding differences.
         np.testing.assert_allclose(fast, slow, rtol=RTOL_EPOCHS[dtype], atol=RTOL_EPOCHS[dtype])
 
@@ -250,8 +271,11 @@ def test_non_finite_gradient_leaves_parameters_untouched(rng):
     X[17, 3] = np.inf  # kernels trust their input: this is what validation stops
     net = engine.FastNetwork(
         engine.flatten_params(*make_network(rng, n_x, n_h, n_y, np.float64)),
-        n_x, n_h, n_y, "logistic",
-    )  # fmt: skip
+        n_x,
+        n_h,
+        n_y,
+        "logistic",
+    )
     before = net.theta.copy()
     optimizer = engine.Optimizer("sgd", net.theta.size, np.float64, learning_rate=0.1)
     total, failed = net.epoch(X, y, np.arange(m), 10, optimizer, sparse=False)
@@ -276,8 +300,7 @@ def test_results_do_not_depend_on_the_thread_count(rng, sparse):
         for threads in (1, 2, numba.config.NUMBA_NUM_THREADS):
             numba.set_num_threads(threads)
             net = engine.FastNetwork(engine.flatten_params(*params), n_x, n_h, n_y, "relu")
-            optimizer = engine.Optimizer("adam", net.theta.size, np.float32,
-                                         learning_rate=0.01)  # fmt: skip
+            optimizer = engine.Optimizer("adam", net.theta.size, np.float32, learning_rate=0.01)
             net.epoch(X, y, np.arange(m), 64, optimizer, sparse)
             batch = net.full_batch(X, y, sparse)
             for _ in range(3):

@@ -27,8 +27,11 @@ def test_gradient_descent_is_a_drop_in(small):
     assert (W1.shape, b1.shape, W2.shape, b2.shape) == ((64, 30), (64, 1), (4, 64), (4, 1))
     assert all(p.dtype == np.float64 and p.flags.writeable for p in (W1, b1, W2, b2))
     lines = out.getvalue().splitlines()
-    assert [line.split("   ")[0] for line in lines] == ["Iteration 0", "Iteration 100",
-                                                          "Iteration 200"]  # fmt: skip
+    assert [line.split("   ")[0] for line in lines] == [
+        "Iteration 0",
+        "Iteration 100",
+        "Iteration 200",
+    ]
     assert all(line.endswith("%") and "   Accuracy: " in line for line in lines)
 
 
@@ -156,7 +159,9 @@ def test_notebook_experiment_on_real_mnist(mnist, record_property, capsys):
     for name, score in scores.items():
         record_property(f"held_out_accuracy_{name}", score)
     with capsys.disabled():
-        print("\nheld-out accuracy on the other 8,000 images:",
-              ", ".join(f"{n} {s:.2%}" for n, s in scores.items()))  # fmt: skip
+        print(
+            "\nheld-out accuracy on the other 8,000 images:",
+            ", ".join(f"{n} {s:.2%}" for n, s in scores.items()),
+        )
     assert abs(scores["numba"] - scores["numpy"]) <= 0.001
     assert scores["numba"] > 0.85
