@@ -30,6 +30,20 @@ def resolve_dtype(dtype, X=None) -> np.dtype:
     return resolved
 
 
+def reject_sparse(X, name: str = "X") -> None:
+    if hasattr(X, "toarray") and hasattr(X, "nnz"):
+        raise TypeError(
+            f"{name} is a scipy.sparse matrix; pass a dense array (fastmlp finds the zeros itself)"
+        )
+
+
+def check_2d(array, name: str = "X") -> None:
+    if array.ndim != 2:
+        raise ValueError(
+            f"{name} must be 2-D (examples x features), got {array.ndim}-D with shape {array.shape}"
+        )
+
+
 def as_matrix(X, name: str = "X", *, dtype=None, n_features: int | None = None):
     """``X`` as a C-contiguous 2-D float array of ``dtype``, finite and non-empty.
 
@@ -85,9 +99,7 @@ def as_labels(y, n_examples: int, name: str = "y"):
         array = array.astype(str) if all(isinstance(v, str) for v in array) else array
     classes, indices = np.unique(array, return_inverse=True)
     if classes.size < 2:
-        raise ValueError(
-            f"{name} has a single class ({classes[0]!r}); a classifier needs at least two"
-        )
+        raise ValueError(f"{name} has 1 class ({classes[0]!r}); a classifier needs at least two")
     return indices.astype(np.int64), classes
 
 

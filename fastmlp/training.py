@@ -10,9 +10,11 @@ from . import reference
 from ._validation import (
     as_labels,
     as_matrix,
+    check_2d,
     check_choice,
     check_positive_float,
     check_positive_int,
+    reject_sparse,
 )
 from .engine import (
     FastNetwork,
@@ -33,10 +35,10 @@ def _examples_and_targets(X, y, dtype):
     one-hot rows) and the notebook's (``X`` features x examples, ``Y``
     one-hot columns, or labels).
     """
+    reject_sparse(X)
     X = np.asarray(X)
     Y = np.asarray(y)
-    if X.ndim != 2:
-        raise ValueError(f"X must be 2-D, got {X.ndim}-D with shape {X.shape}")
+    check_2d(X)
     if Y.ndim == 2 and Y.shape[0] > 1 and Y.shape[1] > 1:
         in_columns = Y.shape[1] == X.shape[1] and Y.shape[0] != X.shape[0]
         in_rows = Y.shape[0] == X.shape[0] and Y.shape[1] != X.shape[1]
