@@ -166,12 +166,6 @@ def fetch_mnist(data_home=None) -> Dataset:
     from sklearn.datasets import fetch_openml
 
     try:
-        import pandas  # noqa: F401  (fetch_openml's parser for dense ARFF data)
-    except ImportError:
-        raise DatasetUnavailable(
-            "loading MNIST from OpenML needs pandas: pip install 'fastmlp[mnist]'"
-        ) from None
-    try:
         with warnings.catch_warnings():
             # fetch_openml warns before each retry; the error below says it once.
             warnings.filterwarnings("ignore", "A network error occurred", UserWarning)
@@ -186,6 +180,10 @@ def fetch_mnist(data_home=None) -> Dataset:
             )
     except OSError as error:  # URLError, HTTPError and socket errors
         raise DatasetUnavailable(f"MNIST could not be fetched from OpenML ({error})") from None
+    except ImportError as error:  # its parser for dense ARFF data is pandas'
+        raise DatasetUnavailable(
+            f"loading MNIST from OpenML needs pandas ({error}): pip install 'fastmlp[mnist]'"
+        ) from None
     return Dataset(mnist.data / 255.0, mnist.target.astype(np.int64), "mnist", (28, 28))
 
 

@@ -121,15 +121,9 @@ def test_mnist_offline_is_reported_as_unavailable(monkeypatch):
 
 
 def test_mnist_without_pandas_names_the_extra(monkeypatch):
-    import builtins
+    def without_pandas(*args, **kwargs):  # what fetch_openml raises without pandas
+        raise ImportError("fetch_openml with as_frame=False requires pandas.")
 
-    real_import = builtins.__import__
-
-    def no_pandas(name, *args, **kwargs):
-        if name == "pandas":
-            raise ImportError("No module named 'pandas'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_pandas)
+    monkeypatch.setattr("sklearn.datasets.fetch_openml", without_pandas)
     with pytest.raises(datasets.DatasetUnavailable, match=r"pip install 'fastmlp\[mnist\]'"):
         datasets.load("mnist")
