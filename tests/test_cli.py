@@ -193,3 +193,17 @@ def test_quiet_prints_only_the_results(tmp_path):
         "Held-out accuracy",
         "Wall time",
     ]
+
+
+def test_progress_bar_on_a_terminal_only(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "PROGRESS_AFTER_SECONDS", 0)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert cli.main(["train", "--data", "digits", "--iterations", "30"]) == 0
+    err = capsys.readouterr().err
+    assert "31/31" in err and "step" in err  # tqdm's counter, on the terminal
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert cli.main(["train", "--data", "digits", "--iterations", "30"]) == 0
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert cli.main(["train", "--data", "digits", "--iterations", "30", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
