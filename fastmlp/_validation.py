@@ -12,6 +12,7 @@ import numbers
 import numpy as np
 
 FLOAT_DTYPES = (np.float64, np.float32)
+_CHECK_ROWS = 4096
 
 
 def resolve_dtype(dtype, X=None) -> np.dtype:
@@ -75,12 +76,15 @@ def as_matrix(X, name: str = "X", *, dtype=None, n_features: int | None = None):
         )
     target = resolve_dtype(dtype, array)
     array = np.ascontiguousarray(array, dtype=target)
-    if not np.isfinite(array).all():
-        bad = np.argwhere(~np.isfinite(array))[0]
-        raise ValueError(
-            f"{name} contains NaN or infinity (first at row {bad[0]}, "
-            f"column {bad[1]}); remove or impute them first"
-        )
+    # In slices, so that checking a large X does not allocate another X of booleans.
+    for start in range(0, array.shape[0], _CHECK_ROWS):
+        finite = np.isfinite(array[start : start + _CHECK_ROWS])
+        if not finite.all():
+            row, column = np.argwhere(~finite)[0]
+            raise ValueError(
+                f"{name} contains NaN or infinity (first at row {start + row}, "
+                f"column {column}); remove or impute them first"
+            )
     return array
 
 

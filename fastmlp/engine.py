@@ -47,6 +47,16 @@ def use_sparse(X) -> bool:
     return np.count_nonzero(X) < SPARSE_BELOW_DENSITY * X.size
 
 
+def batch_nonzeros(X, batch_size: int) -> int:
+    """Room for the nonzeros of any batch of ``X``: the most that ``batch_size``
+    rows hold. 0 when ``X`` is dense enough for the dense kernels."""
+    per_row = np.count_nonzero(X, axis=1)
+    if per_row.sum() >= SPARSE_BELOW_DENSITY * X.size:
+        return 0
+    k = min(batch_size, len(per_row))
+    return int(np.partition(per_row, len(per_row) - k)[-k:].sum())
+
+
 class Optimizer:
     """An update rule and its state, in the form the kernels take.
 
@@ -189,23 +199,23 @@ class FastNetwork:
         """Prepare repeated steps on all of ``X`` (full-batch gradient descent)."""
         return FullBatch(self, X, labels, use_sparse(X) if sparse is None else sparse)
 
-    def epoch(self, X, labels, order, batch_size: int, optimizer: Optimizer, sparse: bool):
+    def epoch(self, X, labels, order, batch_size: int, optimizer: Optimizer, nonzeros: int):
         """One epoch of mini-batch training over ``order``.
 
+        ``nonzeros`` is room for the nonzeros of one batch (see
+        :func:`batch_nonzeros`); 0 reads ``X`` with the dense kernels.
         Returns the sum of batch losses times batch sizes, and the index of
         the batch that produced a non-finite loss or gradient (the epoch stops
         there, with the parameters as they were before it), or -1.
         """
-        key = (batch_size, sparse)
+        key = (batch_size, nonzeros)
         if key not in self._epoch_buffers:
             n_x, n_h, n_y = self.dims
             work = _work(batch_size, n_h, n_y, self.dtype)
-            csr, csc = _sparse_buffers(
-                batch_size if sparse else 0, n_x, batch_size * n_x, self.dtype
-            )
+            csr, csc = _sparse_buffers(batch_size if nonzeros else 0, n_x, nonzeros, self.dtype)
             self._epoch_buffers = {key: (work, csr, csc)}
         work, csr, csc = self._epoch_buffers[key]
-        mode = kernels.SPARSE if sparse else kernels.DENSE
+        mode = kernels.SPARSE if nonzeros else kernels.DENSE
         return self._train_epoch(X, labels, order, batch_size, optimizer, work, csr, csc, mode)
 
     def _train_epoch(self, X, labels, order, batch_size, optimizer, work, csr, csc, mode):

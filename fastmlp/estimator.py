@@ -15,7 +15,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import kernels
 from ._validation import resolve_dtype
-from .engine import FastNetwork, Optimizer, class_indices, use_sparse
+from .engine import FastNetwork, Optimizer, batch_nonzeros, class_indices
 from .errors import DivergenceError
 
 SOLVERS = ("sgd", "adam", "gd")
@@ -413,7 +413,7 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
                     stacklevel=3,
                 )
             batch_size = min(batch_size, n)
-            sparse = use_sparse(X)
+            nonzeros = batch_nonzeros(X, batch_size)
         order = np.arange(n)
         for _ in range(1 if incremental else self.max_iter):
             before = network.theta.copy()
@@ -422,7 +422,7 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
             else:
                 if self.shuffle:
                     self._random_state.shuffle(order)
-                total, failed = network.epoch(X, labels, order, batch_size, optimizer, sparse)
+                total, failed = network.epoch(X, labels, order, batch_size, optimizer, nonzeros)
                 finite, loss = failed < 0, total / n
             if not finite:
                 network.theta[:] = before

@@ -19,10 +19,10 @@ from ._validation import (
 from .engine import (
     FastNetwork,
     Optimizer,
+    batch_nonzeros,
     class_indices,
     flatten_params,
     notebook_params,
-    use_sparse,
 )
 from .errors import DivergenceError
 from .model import BACKENDS, Model, Progress
@@ -283,12 +283,12 @@ class _FastMiniBatch(_Fast):
         super().__init__(X, labels, params, alpha, activation)
         self.batch_size = min(batch_size, len(labels))
         self.rng = np.random.default_rng(seed)
-        self.sparse = use_sparse(X)
+        self.nonzeros = batch_nonzeros(X, self.batch_size)
 
     def step(self):
         order = self.rng.permutation(len(self.labels))
         total, failed = self.network.epoch(
-            self.X, self.labels, order, self.batch_size, self.optimizer, self.sparse
+            self.X, self.labels, order, self.batch_size, self.optimizer, self.nonzeros
         )
         if failed >= 0:
             return float("nan"), False

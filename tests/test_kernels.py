@@ -242,7 +242,7 @@ def test_train_epoch_matches_reference(rng, dtype, solver, sparse):
     step = 0
     for _ in range(3):
         order = rng.permutation(m)
-        total, failed = net.epoch(X, y, order, batch, optimizer, sparse)
+        total, failed = net.epoch(X, y, order, batch, optimizer, batch * n_x if sparse else 0)
         expected_total, step, expected_failed = reference.train_epoch(
             expected,
             X.T,
@@ -278,12 +278,12 @@ def test_non_finite_gradient_leaves_parameters_untouched(rng):
     )
     before = net.theta.copy()
     optimizer = engine.Optimizer("sgd", net.theta.size, np.float64, learning_rate=0.1)
-    total, failed = net.epoch(X, y, np.arange(m), 10, optimizer, sparse=False)
+    total, failed = net.epoch(X, y, np.arange(m), 10, optimizer, nonzeros=0)
     assert failed == 1  # the batch holding example 17
     batch0 = net.theta.copy()
     assert not np.array_equal(batch0, before)  # batch 0 was applied...
     net2 = engine.FastNetwork(before.copy(), n_x, n_h, n_y, "logistic")
-    net2.epoch(X[:10], y[:10], np.arange(10), 10, optimizer, sparse=False)
+    net2.epoch(X[:10], y[:10], np.arange(10), 10, optimizer, nonzeros=0)
     np.testing.assert_array_equal(batch0, net2.theta)  # ...and nothing after it
 
 
@@ -301,7 +301,9 @@ def test_results_do_not_depend_on_the_thread_count(rng, sparse):
             numba.set_num_threads(threads)
             net = engine.FastNetwork(engine.flatten_params(*params), n_x, n_h, n_y, "relu")
             optimizer = engine.Optimizer("adam", net.theta.size, np.float32, learning_rate=0.01)
-            net.epoch(X, y, np.arange(m), 64, optimizer, sparse)
+            net.epoch(
+                X, y, np.arange(m), 64, optimizer, engine.batch_nonzeros(X, 64) if sparse else 0
+            )
             batch = net.full_batch(X, y, sparse)
             for _ in range(3):
                 batch.step(optimizer)
@@ -310,3 +312,13 @@ def test_results_do_not_depend_on_the_thread_count(rng, sparse):
         numba.set_num_threads(default)
     for other in results[1:]:
         np.testing.assert_array_equal(results[0], other)
+
+
+def test_batch_nonzeros_bounds_every_batch(rng):
+    X, _ = sparse_data(rng, 500, 40, 3, np.float64, density=0.3)
+    room = engine.batch_nonzeros(X, 32)
+    for _ in range(20):
+        order = rng.permutation(500)
+        counts = [np.count_nonzero(X[order[i : i + 32]]) for i in range(0, 500, 32)]
+        assert max(counts) <= room <= 32 * 40
+    assert engine.batch_nonzeros(np.ones((10, 4)), 4) == 0  # dense: the dense kernels
