@@ -50,7 +50,10 @@ def use_sparse(X) -> bool:
 def batch_nonzeros(X, batch_size: int) -> int:
     """Room for the nonzeros of any batch of ``X``: the most that ``batch_size``
     rows hold. 0 when ``X`` is dense enough for the dense kernels."""
-    per_row = np.count_nonzero(X, axis=1)
+    # By slices: count_nonzero along an axis makes a boolean copy of its input.
+    per_row = np.concatenate(
+        [np.count_nonzero(X[i : i + 4096], axis=1) for i in range(0, len(X), 4096)]
+    )
     if per_row.sum() >= SPARSE_BELOW_DENSITY * X.size:
         return 0
     k = min(batch_size, len(per_row))
@@ -160,7 +163,7 @@ class FastNetwork:
 
     def __init__(self, theta, n_x: int, n_h: int, n_y: int, activation: str):
         self.theta = theta
-        self.grads = np.zeros_like(theta)
+        self._grads = None
         self.dims = (n_x, n_h, n_y)
         self.activation = activation
         self._code = kernels.ACTIVATIONS[activation]
@@ -170,6 +173,14 @@ class FastNetwork:
     @property
     def dtype(self):
         return self.theta.dtype
+
+    @property
+    def grads(self) -> np.ndarray:
+        """The gradient buffer, allocated when training first needs it (a model
+        that only predicts never does)."""
+        if self._grads is None:
+            self._grads = np.zeros_like(self.theta)
+        return self._grads
 
     @property
     def params(self):

@@ -91,14 +91,17 @@ class Model:
             array = np.array(getattr(self, name))  # a private, read-only copy
             array.setflags(write=False)
             object.__setattr__(self, name, array)
-        network = FastNetwork(
-            flatten_params(self.W1, self.b1, self.W2, self.b2),
-            n_x,
-            n_h,
-            n_y,
-            self.activation,
-        )
-        object.__setattr__(self, "_network", network)
+        object.__setattr__(self, "_fast", None)
+
+    @property
+    def _network(self) -> FastNetwork:
+        """The parameters in the kernels' layout, made when first predicting."""
+        if self._fast is None:
+            n_h, n_x = self.W1.shape
+            theta = flatten_params(self.W1, self.b1, self.W2, self.b2)
+            network = FastNetwork(theta, n_x, n_h, self.W2.shape[0], self.activation)
+            object.__setattr__(self, "_fast", network)
+        return self._fast
 
     @property
     def n_features(self) -> int:

@@ -159,7 +159,9 @@ def train(
     losses, history = [], []
 
     def model():
-        return Model(*run.params(), classes, activation, backend, np.array(losses), tuple(history))
+        params = run.params()
+        run.release()  # the training buffers go before the model copies the parameters
+        return Model(*params, classes, activation, backend, np.array(losses), tuple(history))
 
     for i in steps:
         loss, updated = run.step()
@@ -195,7 +197,7 @@ def gradient_descent(X, Y, iterations=1000, alpha=0.5):
 
 
 # ---- the two paths, behind one small interface ---------------------------
-# Each run has step() -> (loss, updated), predicted_classes() and params().
+# Each run has step() -> (loss, updated), predicted_classes(), params() and release().
 
 
 class _Reference:
@@ -204,6 +206,9 @@ class _Reference:
         self.labels = labels
         self.parameters = list(params)
         self.alpha, self.activation = alpha, activation
+
+    def release(self):
+        pass
 
     def predicted_classes(self):
         A2 = reference.forward(*self.parameters, self.X, self.activation)[3]
@@ -264,6 +269,10 @@ class _Fast:
 
     def params(self):
         return notebook_params(self.network.theta, *self.network.dims)
+
+    def release(self):
+        del self.network, self.optimizer
+        self.__dict__.pop("batch", None)
 
 
 class _FastFullBatch(_Fast):
