@@ -200,7 +200,7 @@ def test_progress_bar_on_a_terminal_only(monkeypatch, capsys):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     assert cli.main(["train", "--data", "digits", "--iterations", "30"]) == 0
     err = capsys.readouterr().err
-    assert "31/31" in err and "step" in err  # tqdm's counter, on the terminal
+    assert "/31 [" in err and "step/s" in err  # tqdm's counter, on the terminal
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
     assert cli.main(["train", "--data", "digits", "--iterations", "30"]) == 0
     assert capsys.readouterr().err == ""
