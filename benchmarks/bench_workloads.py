@@ -8,18 +8,8 @@ kernels) and is not timed. PyTorch joins where it is installed.
 """
 
 import numba
-import numpy as np
 import pytest
-from workloads import WORKLOADS, available, load_data, run, warm_up
-
-IMPLEMENTATIONS = [
-    ("numpy", np.float64),
-    ("numba", np.float64),
-    ("numba", np.float32),
-    ("torch", np.float64),
-    ("torch", np.float32),
-    ("sklearn", np.float64),
-]
+from workloads import IMPLEMENTATIONS, WORKLOADS, available, load_data, run, warm_up
 
 
 @pytest.mark.parametrize("name", ["W1", "W2", pytest.param("W3", marks=pytest.mark.slow)])

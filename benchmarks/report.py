@@ -34,18 +34,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 import startup  # noqa: E402
-from workloads import WORKLOADS, available, flops, load_data, run, warm_up  # noqa: E402
+from workloads import IMPLEMENTATIONS, WORKLOADS, available, flops, load_data, run, warm_up  # noqa: E402
 
 import fastmlp  # noqa: E402
-
-IMPLEMENTATIONS = [
-    ("numpy", np.float64),
-    ("numba", np.float64),
-    ("numba", np.float32),
-    ("torch", np.float64),
-    ("torch", np.float32),
-    ("sklearn", np.float64),
-]
 
 
 def machine() -> dict:

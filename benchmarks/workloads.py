@@ -37,6 +37,18 @@ MNIST = Path(
 )
 
 
+IMPLEMENTATIONS = [
+    ("numpy", np.float64),
+    ("numba", np.float64),
+    ("numba", np.float32),
+    ("torch", np.float64),
+    ("torch", np.float32),
+    ("sklearn", np.float64),
+]
+"""Who runs each workload, and in which dtype: the reference path in the
+notebook's float64, fastmlp and PyTorch in both, scikit-learn in float64."""
+
+
 @dataclass(frozen=True)
 class Workload:
     name: str

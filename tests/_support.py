@@ -53,3 +53,27 @@ def sparse_data(rng, m, n_x, n_y, dtype, density=0.2):
     X = rng.random((m, n_x))
     X[rng.random((m, n_x)) > density] = 0
     return X.astype(dtype), rng.integers(0, n_y, m)
+
+
+def loss_function(X, y, n_h, n_y, activation, l2):
+    """The fast path's loss and gradient as functions of the flat float64
+    parameter vector: for finite-difference checks."""
+    from fastmlp import engine, kernels
+
+    n_x = X.shape[1]
+    code = kernels.ACTIVATIONS[activation]
+    rows = np.arange(len(y))
+    csr, csc = engine._sparse_buffers(0, n_x, 0, np.float64)
+    A1, A2, partial, partial_loss = engine._work(len(y), n_h, n_y, np.float64)
+
+    def f(theta):
+        W1, b1, W2, b2 = kernels.unpack(theta, n_x, n_h, n_y)
+        grads = np.empty_like(theta)
+        kernels.forward(X, rows, csr, W1, b1, W2, b2, code, A1, A2)
+        gradients = kernels.unpack(grads, n_x, n_h, n_y)
+        loss = kernels.backward(
+            X, rows, csc, y, W1, W2, code, l2, A1, A2, *gradients, partial, partial_loss
+        )
+        return loss, grads
+
+    return f

@@ -6,7 +6,7 @@ import numba
 import numpy as np
 import pytest
 import scipy.sparse
-from _support import DTYPES, assert_close, sparse_data
+from _support import DTYPES, assert_close, loss_function, sparse_data
 
 from fastmlp import engine, kernels, reference
 
@@ -159,32 +159,7 @@ def test_backward_matches_finite_differences(rng, activation, n_y):
     X = rng.normal(size=(m, n_x))
     y = rng.integers(0, max(n_y, 2), m)
     theta = engine.flatten_params(*make_network(rng, n_x, n_h, n_y, np.float64))
-    code = kernels.ACTIVATIONS[activation]
-    rows = np.arange(m)
-    csr, csc = input_arrays(X, sparse=False)
-    A1, A2, partial, partial_loss = engine._work(m, n_h, n_y, np.float64)
-
-    def loss_and_grads(t):
-        W1, b1, W2, b2 = kernels.unpack(t, n_x, n_h, n_y)
-        grads = np.empty_like(t)
-        kernels.forward(X, rows, csr, W1, b1, W2, b2, code, A1, A2)
-        loss = kernels.backward(
-            X,
-            rows,
-            csc,
-            y,
-            W1,
-            W2,
-            code,
-            l2,
-            A1,
-            A2,
-            *kernels.unpack(grads, n_x, n_h, n_y),
-            partial,
-            partial_loss,
-        )
-        return loss, grads
-
+    loss_and_grads = loss_function(X, y, n_h, n_y, activation, l2)
     _, grads = loss_and_grads(theta)
     h = 1e-6
     numeric = np.empty_like(theta)

@@ -11,7 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 import scipy.sparse
-from _support import DTYPES, RTOL, assert_close, sparse_data
+from _support import DTYPES, RTOL, assert_close, loss_function, sparse_data
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -342,46 +342,20 @@ def small_networks(draw):
     )
 
 
-def loss_function(X, y, n_x, n_h, n_y, activation, l2):
-    """The fast path's loss and gradient as functions of the flat parameters."""
-    code = kernels.ACTIVATIONS[activation]
-    rows = np.arange(len(y))
-    csr, csc = engine._sparse_buffers(0, n_x, 0, np.float64)
-    A1, A2, partial, partial_loss = engine._work(len(y), n_h, n_y, np.float64)
-
-    def f(theta):
-        W1, b1, W2, b2 = kernels.unpack(theta, n_x, n_h, n_y)
-        grads = np.empty_like(theta)
-        kernels.forward(X, rows, csr, W1, b1, W2, b2, code, A1, A2)
-        loss = kernels.backward(
-            X,
-            rows,
-            csc,
-            y,
-            W1,
-            W2,
-            code,
-            l2,
-            A1,
-            A2,
-            *kernels.unpack(grads, n_x, n_h, n_y),
-            partial,
-            partial_loss,
-        )
-        return loss, grads
-
-    return f
-
-
-@FAST
-@given(small_networks())
-def test_property_gradient_matches_finite_differences(network):
+def network_problem(network, l2):
+    """Data, parameters and the loss function of a drawn small network."""
     m, n_x, n_h, n_y, activation, seed = network
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(m, n_x))
     y = rng.integers(0, max(n_y, 2), m)
     theta = rng.normal(0, 0.5, n_x * n_h + n_h + n_y * n_h + n_y)
-    f = loss_function(X, y, n_x, n_h, n_y, activation, l2=0.3)
+    return theta, loss_function(X, y, n_h, n_y, activation, l2), activation
+
+
+@FAST
+@given(small_networks())
+def test_property_gradient_matches_finite_differences(network):
+    theta, f, activation = network_problem(network, l2=0.3)
     _, grads = f(theta)
     h = 1e-6
     for i in range(theta.size):
@@ -397,12 +371,7 @@ def test_property_gradient_matches_finite_differences(network):
 @given(small_networks(), st.sampled_from(["sgd", "momentum", "adam"]))
 def test_property_every_solver_steps_downhill(network, solver):
     """A small step of each update rule changes the loss as the gradient predicts."""
-    m, n_x, n_h, n_y, activation, seed = network
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(m, n_x))
-    y = rng.integers(0, max(n_y, 2), m)
-    theta = rng.normal(0, 0.5, n_x * n_h + n_h + n_y * n_h + n_y)
-    f = loss_function(X, y, n_x, n_h, n_y, activation, l2=0.0)
+    theta, f, _ = network_problem(network, l2=0.0)
     loss, grads = f(theta)
     if np.linalg.norm(grads) < 1e-6:
         return
