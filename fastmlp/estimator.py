@@ -15,7 +15,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import kernels
 from ._validation import resolve_dtype
-from .engine import FastNetwork, Optimizer, batch_nonzeros, class_indices
+from .engine import FastNetwork, Optimizer, batch_nonzeros, class_indices, flatten_params
 from .errors import DivergenceError
 
 SOLVERS = ("sgd", "adam", "gd")
@@ -316,15 +316,7 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
                 )
                 coefs.append(rng.uniform(-bound, bound, (fan_in, fan_out)))
                 intercepts.append(rng.uniform(-bound, bound, fan_out))
-        theta = np.concatenate(
-            [
-                coefs[0].ravel(),
-                intercepts[0],
-                np.ascontiguousarray(coefs[1].T).ravel(),
-                intercepts[1],
-            ]
-        ).astype(dtype)
-        self._network = FastNetwork(theta, n_features, hidden, n_out, self.activation)
+        self._network = self._network_from(coefs, intercepts, dtype)
         self._point_attributes_at_network()
         self.n_iter_ = 0
         self.t_ = 0
@@ -352,15 +344,19 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
             np.shares_memory(a, network.theta) for a in (*self.coefs_, *self.intercepts_)
         ):
             return
-        W1, W2 = (np.asarray(c) for c in self.coefs_)
-        b1, b2 = (np.asarray(b) for b in self.intercepts_)
-        dtype = W1.dtype if W1.dtype in (np.float32, np.float64) else np.float64
-        theta = np.concatenate(
-            [W1.ravel(), b1.ravel(), np.ascontiguousarray(W2.T).ravel(), b2.ravel()]
-        ).astype(dtype)
-        (n_x, n_h), n_y = W1.shape, W2.shape[1]
-        self._network = FastNetwork(theta, n_x, n_h, n_y, self.activation)
+        coefs = [np.asarray(c) for c in self.coefs_]
+        dtype = coefs[0].dtype if coefs[0].dtype in (np.float32, np.float64) else np.float64
+        self._network = self._network_from(coefs, self.intercepts_, dtype)
         self._point_attributes_at_network()
+
+    def _network_from(self, coefs, intercepts, dtype) -> FastNetwork:
+        """A network from scikit-learn's layout (``coefs_[i]`` is fan-in x fan-out)."""
+        (n_x, n_h), n_y = coefs[0].shape, coefs[1].shape[1]
+        # flatten_params takes the notebook's layout, the transpose of coefs_.
+        theta = flatten_params(
+            coefs[0].T, np.asarray(intercepts[0]), coefs[1].T, np.asarray(intercepts[1])
+        ).astype(dtype)
+        return FastNetwork(theta, n_x, n_h, n_y, self.activation)
 
     def _make_optimizer(self):
         theta = self._network.theta
