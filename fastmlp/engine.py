@@ -42,11 +42,6 @@ def notebook_params(theta, n_x: int, n_h: int, n_y: int):
     )
 
 
-def use_sparse(X) -> bool:
-    """Whether ``X`` is sparse enough for the sparse first-layer kernels."""
-    return np.count_nonzero(X) < SPARSE_BELOW_DENSITY * X.size
-
-
 def batch_nonzeros(X, batch_size: int) -> int:
     """Room for the nonzeros of any batch of ``X``: the most that ``batch_size``
     rows hold. 0 when ``X`` is dense enough for the dense kernels."""
@@ -207,8 +202,9 @@ class FastNetwork:
         return A2
 
     def full_batch(self, X, labels, sparse: bool | None = None) -> FullBatch:
-        """Prepare repeated steps on all of ``X`` (full-batch gradient descent)."""
-        return FullBatch(self, X, labels, use_sparse(X) if sparse is None else sparse)
+        """Prepare repeated steps on all of ``X`` (full-batch gradient descent);
+        ``sparse`` forces the first layer's kernels, else ``X``'s density decides."""
+        return FullBatch(self, X, labels, sparse)
 
     def epoch(self, X, labels, order, batch_size: int, optimizer: Optimizer, nonzeros: int):
         """One epoch of mini-batch training over ``order``.
@@ -255,14 +251,16 @@ class FullBatch:
     backward pass), and reused by every step.
     """
 
-    def __init__(self, network: FastNetwork, X, labels, sparse: bool):
+    def __init__(self, network: FastNetwork, X, labels, sparse: bool | None):
         n_x, n_h, n_y = network.dims
         m = X.shape[0]
         self.network = network
         self.X, self.labels = X, labels
         self.rows = np.arange(m)
         self.work = _work(m, n_h, n_y, network.dtype)
-        nnz = int(np.count_nonzero(X)) if sparse else 0
+        nnz = int(np.count_nonzero(X))
+        if sparse is None:
+            sparse = nnz < SPARSE_BELOW_DENSITY * X.size
         self.csr, self.csc = _sparse_buffers(m if sparse else 0, n_x, nnz, network.dtype)
         if sparse:
             kernels.compress_rows(X, self.rows, *self.csr)
