@@ -11,7 +11,6 @@ import numbers
 
 import numpy as np
 
-FLOAT_DTYPES = (np.float64, np.float32)
 _CHECK_ROWS = 4096
 
 

@@ -74,12 +74,9 @@ def _read_images(path: Path, n_features: int) -> np.ndarray:
         array = array / 255.0  # pixel values 0-255, as MNIST stores them
     elif array.dtype.kind != "f":
         raise UsageError(f"{path}: holds {array.dtype} values, not pixels")
-    if (
-        array.ndim >= 2
-        and int(np.prod(array.shape[-2:])) == n_features
-        and (array.ndim == 2 and array.shape[1] != n_features or array.ndim == 3)
-    ):
-        array = array.reshape(-1, n_features)  # 28 x 28 images, or a stack of them
+    square = array.ndim in (2, 3) and array.shape[-1] != n_features
+    if square and array.shape[-2] * array.shape[-1] == n_features:
+        array = array.reshape(-1, n_features)  # 28 x 28 images, one or a stack of them
     if array.ndim == 1:
         array = array.reshape(1, -1)
     if array.ndim != 2 or array.shape[1] != n_features:

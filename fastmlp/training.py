@@ -237,26 +237,32 @@ class _ReferenceFullBatch(_Reference):
         return loss, True
 
 
-class _ReferenceMiniBatch(_Reference):
-    def __init__(self, X, labels, params, alpha, activation, batch_size, seed):
-        super().__init__(X, labels, params, alpha, activation)
+class _MiniBatch:
+    """Epochs over a fresh shuffle each; ``_epoch(order)`` gives ``(total, failed)``."""
+
+    def _shuffle(self, labels, batch_size, seed):
         self.batch_size = min(batch_size, len(labels))
         self.rng = np.random.default_rng(seed)
 
     def step(self):
         order = self.rng.permutation(len(self.labels))
-        total, _, failed = reference.train_epoch(
-            self.parameters,
-            self.X,
-            self.labels,
-            order,
-            self.batch_size,
-            learning_rate=self.alpha,
-            activation=self.activation,
-        )
+        total, failed = self._epoch(order)
         if failed >= 0:
             return float("nan"), False
         return total / len(order), True
+
+
+class _ReferenceMiniBatch(_MiniBatch, _Reference):
+    def __init__(self, X, labels, params, alpha, activation, batch_size, seed):
+        _Reference.__init__(self, X, labels, params, alpha, activation)
+        self._shuffle(labels, batch_size, seed)
+
+    def _epoch(self, order):
+        total, _, failed = reference.train_epoch(
+            self.parameters, self.X, self.labels, order, self.batch_size,
+            learning_rate=self.alpha, activation=self.activation,
+        )  # fmt: skip
+        return total, failed
 
 
 class _Fast:
@@ -272,13 +278,16 @@ class _Fast:
 
     def release(self):
         del self.network, self.optimizer
-        self.__dict__.pop("batch", None)
 
 
 class _FastFullBatch(_Fast):
     def __init__(self, X, labels, params, alpha, activation):
         super().__init__(X, labels, params, alpha, activation)
         self.batch = self.network.full_batch(X, labels)
+
+    def release(self):
+        super().release()
+        del self.batch
 
     def step(self):
         return self.batch.step(self.optimizer)
@@ -287,21 +296,15 @@ class _FastFullBatch(_Fast):
         return self.batch.predicted_classes()
 
 
-class _FastMiniBatch(_Fast):
+class _FastMiniBatch(_MiniBatch, _Fast):
     def __init__(self, X, labels, params, alpha, activation, batch_size, seed):
-        super().__init__(X, labels, params, alpha, activation)
-        self.batch_size = min(batch_size, len(labels))
-        self.rng = np.random.default_rng(seed)
+        _Fast.__init__(self, X, labels, params, alpha, activation)
+        self._shuffle(labels, batch_size, seed)
         self.nonzeros = batch_nonzeros(X, self.batch_size)
 
-    def step(self):
-        order = self.rng.permutation(len(self.labels))
-        total, failed = self.network.epoch(
-            self.X, self.labels, order, self.batch_size, self.optimizer, self.nonzeros
-        )
-        if failed >= 0:
-            return float("nan"), False
-        return total / len(order), True
+    def _epoch(self, order):
+        net = self.network
+        return net.epoch(self.X, self.labels, order, self.batch_size, self.optimizer, self.nonzeros)
 
     def predicted_classes(self):
         return class_indices(self.network.output(self.X))
