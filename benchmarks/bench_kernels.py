@@ -56,7 +56,9 @@ def bench_forward(benchmark, setup, implementation):
         timed(benchmark, group, reference.forward, *params, X.T)
     else:
         A1, A2 = batch.work[:2]
-        timed(benchmark, group, kernels.forward, X, batch.rows, batch.csr, *net.params, 0, A1, A2)
+        timed(
+            benchmark, group, kernels.forward, X, batch.rows, batch.nonzeros, *net.params, 0, A1, A2
+        )
 
 
 @pytest.mark.parametrize("implementation", ["numpy", "numba"])
@@ -70,7 +72,7 @@ def bench_backward(benchmark, setup, implementation):
     else:
         A1, A2, partial, partial_loss = batch.work
         W1, b1, W2, b2 = net.params
-        kernels.forward(X, batch.rows, batch.csr, W1, b1, W2, b2, 0, A1, A2)
+        kernels.forward(X, batch.rows, batch.nonzeros, W1, b1, W2, b2, 0, A1, A2)
         saved = A1.copy(), A2.copy()
 
         def backward():  # on fresh activations each round: backward overwrites them
@@ -78,7 +80,7 @@ def bench_backward(benchmark, setup, implementation):
             return kernels.backward(
                 X,
                 batch.rows,
-                batch.csc,
+                batch.nonzeros,
                 y,
                 W1,
                 W2,

@@ -21,6 +21,10 @@ nonzeros against 17 ms dense, and the two meet between 60 % (11 ms against
 14 ms) and 100 % (16 ms against 14 ms). MNIST has 19 % nonzeros, scikit-learn's
 digits 51 %."""
 
+DENSITY_SAMPLE = 1024
+"""Rows (evenly spaced) whose nonzeros decide between the sparse and dense
+kernels: counting all of a large input would cost more than a short run."""
+
 PREDICT_CHUNK = 4096
 """Examples per forward pass when predicting, to bound the buffers' size."""
 
@@ -42,17 +46,10 @@ def notebook_params(theta, n_x: int, n_h: int, n_y: int):
     )
 
 
-def batch_nonzeros(X, batch_size: int) -> int:
-    """Room for the nonzeros of any batch of ``X``: the most that ``batch_size``
-    rows hold. 0 when ``X`` is dense enough for the dense kernels."""
-    # By slices: count_nonzero along an axis makes a boolean copy of its input.
-    per_row = np.concatenate(
-        [np.count_nonzero(X[i : i + 4096], axis=1) for i in range(0, len(X), 4096)]
-    )
-    if per_row.sum() >= SPARSE_BELOW_DENSITY * X.size:
-        return 0
-    k = min(batch_size, len(per_row))
-    return int(np.partition(per_row, len(per_row) - k)[-k:].sum())
+def is_sparse(X) -> bool:
+    """Whether ``X`` has few enough nonzeros for the sparse first layer."""
+    sample = X[:: max(1, len(X) // DENSITY_SAMPLE)]
+    return np.count_nonzero(sample) < SPARSE_BELOW_DENSITY * sample.size
 
 
 class Optimizer:
@@ -124,24 +121,36 @@ def _work(capacity: int, n_h: int, n_y: int, dtype):
     )
 
 
-def _sparse_buffers(n_rows: int, n_x: int, nnz: int, dtype):
-    """CSR and CSC buffers for ``nnz`` nonzeros in ``n_rows`` rows (one spare
-    entry: :func:`kernels.compress_rows` writes one past the last nonzero),
-    or the empty arrays that tell the kernels to read the input as it is."""
-    if n_rows == 0:
-        empty = (np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0, dtype))
-        return empty, empty
-    csr = (
-        np.empty(n_rows + 1, np.int64),
-        np.empty(nnz + 1, np.int32),
-        np.empty(nnz + 1, dtype),
+def _empty_nonzeros(dtype, n_x: int = 0, mask_rows: int = 0, chunks: int = 0):
+    index = np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0, dtype)
+    return kernels.Nonzeros(
+        np.empty((mask_rows, -(-n_x // 64)), np.uint64),
+        (np.empty((chunks, n_x), np.uint32), np.empty((chunks, n_x), dtype)),
+        index,
+        index,
     )
-    csc = (
-        np.empty(n_x + 1, np.int64),
-        np.empty(nnz + 1, np.int32),
-        np.empty(nnz + 1, dtype),
-    )
-    return csr, csc
+
+
+def dense_input(dtype) -> kernels.Nonzeros:
+    """The :class:`kernels.Nonzeros` that tells the kernels to read the input as it is."""
+    return _empty_nonzeros(dtype)
+
+
+def batch_input(capacity: int, n_x: int, dtype) -> kernels.Nonzeros:
+    """Room to mark the nonzeros of each mini-batch of up to ``capacity`` examples."""
+    return _empty_nonzeros(dtype, n_x, capacity, kernels.N_CHUNKS)
+
+
+def prepared_input(X) -> kernels.Nonzeros:
+    """The nonzeros of ``X`` by example and by feature, for repeated steps on
+    all of ``X``."""
+    m, n_x = X.shape
+    nnz = int(np.count_nonzero(X))
+    csr = np.empty(m + 1, np.int64), np.empty(nnz + 1, np.int32), np.empty(nnz + 1, X.dtype)
+    csc = np.empty(n_x + 1, np.int64), np.empty(nnz + 1, np.int32), np.empty(nnz + 1, X.dtype)
+    kernels.compress_rows(X, np.arange(m), *csr)
+    kernels.transpose_sparse(*csr, n_x, *csc)
+    return _empty_nonzeros(X.dtype)._replace(csr=csr, csc=csc)
 
 
 class FastNetwork:
@@ -163,7 +172,7 @@ class FastNetwork:
         self.activation = activation
         self._code = kernels.ACTIVATIONS[activation]
         self._epoch_buffers = {}
-        self._dense = _sparse_buffers(0, n_x, 0, theta.dtype)[0]
+        self._dense = dense_input(theta.dtype)
 
     @property
     def dtype(self):
@@ -206,26 +215,24 @@ class FastNetwork:
         ``sparse`` forces the first layer's kernels, else ``X``'s density decides."""
         return FullBatch(self, X, labels, sparse)
 
-    def epoch(self, X, labels, order, batch_size: int, optimizer: Optimizer, nonzeros: int):
+    def epoch(self, X, labels, order, batch_size: int, optimizer: Optimizer, sparse: bool):
         """One epoch of mini-batch training over ``order``.
 
-        ``nonzeros`` is room for the nonzeros of one batch (see
-        :func:`batch_nonzeros`); 0 reads ``X`` with the dense kernels.
+        ``sparse`` chooses the first layer's kernels (see :func:`is_sparse`).
         Returns the sum of batch losses times batch sizes, and the index of
         the batch that produced a non-finite loss or gradient (the epoch stops
         there, with the parameters as they were before it), or -1.
         """
-        key = (batch_size, nonzeros)
+        key = (batch_size, sparse)
         if key not in self._epoch_buffers:
             n_x, n_h, n_y = self.dims
             work = _work(batch_size, n_h, n_y, self.dtype)
-            csr, csc = _sparse_buffers(batch_size if nonzeros else 0, n_x, nonzeros, self.dtype)
-            self._epoch_buffers = {key: (work, csr, csc)}
-        work, csr, csc = self._epoch_buffers[key]
-        mode = kernels.SPARSE if nonzeros else kernels.DENSE
-        return self._train_epoch(X, labels, order, batch_size, optimizer, work, csr, csc, mode)
+            nonzeros = batch_input(batch_size, n_x, self.dtype) if sparse else self._dense
+            self._epoch_buffers = {key: (work, nonzeros)}
+        work, nonzeros = self._epoch_buffers[key]
+        return self._train_epoch(X, labels, order, batch_size, optimizer, work, nonzeros)
 
-    def _train_epoch(self, X, labels, order, batch_size, optimizer, work, csr, csc, mode):
+    def _train_epoch(self, X, labels, order, batch_size, optimizer, work, nonzeros):
         total, failed = kernels.train_epoch(
             X,
             labels,
@@ -236,9 +243,7 @@ class FastNetwork:
             self._code,
             optimizer.as_kernel_args(),
             work,
-            csr,
-            csc,
-            mode,
+            nonzeros,
         )
         return float(total), int(failed)
 
@@ -258,14 +263,9 @@ class FullBatch:
         self.X, self.labels = X, labels
         self.rows = np.arange(m)
         self.work = _work(m, n_h, n_y, network.dtype)
-        nnz = int(np.count_nonzero(X))
         if sparse is None:
-            sparse = nnz < SPARSE_BELOW_DENSITY * X.size
-        self.csr, self.csc = _sparse_buffers(m if sparse else 0, n_x, nnz, network.dtype)
-        if sparse:
-            kernels.compress_rows(X, self.rows, *self.csr)
-            kernels.transpose_sparse(*self.csr, n_x, *self.csc)
-        self.mode = kernels.SPARSE_PREPARED if sparse else kernels.DENSE
+            sparse = is_sparse(X)
+        self.nonzeros = prepared_input(X) if sparse else network._dense
 
     def step(self, optimizer: Optimizer) -> tuple[float, bool]:
         """One forward, backward and update; returns the loss before the update
@@ -278,9 +278,7 @@ class FullBatch:
             m,
             optimizer,
             self.work,
-            self.csr,
-            self.csc,
-            self.mode,
+            self.nonzeros,
         )
         if failed >= 0:
             return float("nan"), False
@@ -290,7 +288,7 @@ class FullBatch:
         """Class indices the current parameters predict for the training data."""
         net = self.network
         A1, A2 = self.work[0], self.work[1]
-        kernels.forward(self.X, self.rows, self.csr, *net.params, net._code, A1, A2)
+        kernels.forward(self.X, self.rows, self.nonzeros, *net.params, net._code, A1, A2)
         return class_indices(A2)
 
 

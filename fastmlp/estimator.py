@@ -15,7 +15,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import kernels
 from ._validation import resolve_dtype
-from .engine import FastNetwork, Optimizer, batch_nonzeros, class_indices, flatten_params
+from .engine import FastNetwork, Optimizer, class_indices, flatten_params, is_sparse
 from .errors import DivergenceError
 
 SOLVERS = ("sgd", "adam", "gd")
@@ -409,7 +409,7 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
                     stacklevel=3,
                 )
             batch_size = min(batch_size, n)
-            nonzeros = batch_nonzeros(X, batch_size)
+            sparse = is_sparse(X)
         order = np.arange(n)
         for _ in range(1 if incremental else self.max_iter):
             before = network.theta.copy()
@@ -418,7 +418,7 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
             else:
                 if self.shuffle:
                     self._random_state.shuffle(order)
-                total, failed = network.epoch(X, labels, order, batch_size, optimizer, nonzeros)
+                total, failed = network.epoch(X, labels, order, batch_size, optimizer, sparse)
                 finite, loss = failed < 0, total / n
             if not finite:
                 network.theta[:] = before

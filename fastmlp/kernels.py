@@ -25,14 +25,21 @@ Rules every kernel follows
   would promote float32 arithmetic to float64.
 * The parameters and their gradients live in one flat vector each (see
   :func:`unpack`), so that one update kernel serves all four arrays.
+* Arrays are filled with explicit loops (:func:`_copy`) rather than
+  ``a[:] = b``: Numba's broadcasting assignment adds about a second to every
+  cold compile for an error message it never needs here.
 
 Every public kernel has a twin of the same name in :mod:`fastmlp.reference`.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic
 
 from ._jit import kernel
 
@@ -68,6 +75,12 @@ def unpack(theta, n_x, n_h, n_y):
         theta[j:k].reshape((n_y, n_h)),
         theta[k : k + n_y],
     )
+
+
+@kernel
+def _copy(source, target):
+    for i in range(target.size):
+        target[i] = source[i]
 
 
 # --------------------------------------------------------------------------
@@ -130,7 +143,7 @@ def _softmax_row(z):
 def sigmoid(Z, out):
     """``out = 1 / (1 + exp(-Z))``, elementwise; exact 0 and 1 in the limits."""
     for r in prange(Z.shape[0]):
-        out[r] = Z[r]
+        _copy(Z[r], out[r])
         _logistic_row(out[r])
 
 
@@ -138,7 +151,7 @@ def sigmoid(Z, out):
 def sigmoid_deriv(A, out):
     """``out = A * (1 - A)``: the sigmoid's derivative from its output ``A``."""
     for r in prange(A.shape[0]):
-        out[r] = A[r]
+        _copy(A[r], out[r])
         _derivative_row(out[r], LOGISTIC)
 
 
@@ -146,7 +159,7 @@ def sigmoid_deriv(A, out):
 def softmax(Z, out):
     """Softmax of each row of ``Z`` (each example), stable for any finite logits."""
     for r in prange(Z.shape[0]):
-        out[r] = Z[r]
+        _copy(Z[r], out[r])
         _softmax_row(out[r])
 
 
@@ -192,14 +205,90 @@ def _add_gathered_rows(out, weights, M, index):
         p += 1
 
 
+@kernel
+def _add_scaled(out, x, v):
+    """``out += x * v``."""
+    for h in range(out.size):
+        out[h] += x * v[h]
+
+
 # --------------------------------------------------------------------------
 # Sparse input: the MNIST pixels are about 81 % zeros
 # --------------------------------------------------------------------------
+class Nonzeros(NamedTuple):
+    """Where the nonzeros of the input are, in the forms the kernels read.
+
+    Two forms, for two uses; arrays of a form not in use are empty, and all
+    empty means a dense input (the first layer reads ``X`` as it is).
+
+    ``mask`` and ``scratch``: for mini-batches, made anew for each batch.
+        ``mask`` (batch size x ``ceil(n_x / 64)``, ``uint64``) is filled by
+        :func:`nonzero_mask`; ``scratch = (columns, values)`` (``N_CHUNKS``
+        x ``n_x`` each, ``uint32`` and the data's dtype) holds one row's
+        nonzeros at a time.
+    ``csr`` and ``csc``: for full batches, made once and read by every step.
+        The nonzeros by example, ``(indptr, indices, values)`` from
+        :func:`compress_rows`, and by feature, ``(colptr, rowidx,
+        colvalues)`` from :func:`transpose_sparse`.
+    """
+
+    mask: np.ndarray
+    scratch: tuple
+    csr: tuple
+    csc: tuple
+
+
+@intrinsic
+def _trailing_zeros(typingctx, word):
+    """Position of the lowest set bit of a nonzero ``uint64`` (one instruction)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.cttz(args[0], ir.Constant(ir.IntType(1), 1))
+
+    return types.uint64(types.uint64), codegen
+
+
+@kernel(parallel=True)
+def nonzero_mask(X, rows, mask):
+    """Mark the nonzeros of ``X[rows]``: bit ``b`` of ``mask[r, w]`` is set
+    where ``X[rows[r], 64 w + b] != 0`` (NaN counts as nonzero).
+
+    One bit per input: 1/64 of the input's size in float64, and cheap to
+    make - vectorised, in parallel, with no counting beforehand.
+    """
+    for r in prange(rows.size):
+        x = X[rows[r]]
+        for w in range(mask.shape[1]):
+            # A slice and an index from 0 give contiguous, vectorised loads;
+            # x[64 * w + b] would compile to gathers (the index might be negative).
+            chunk = x[64 * w : 64 * w + 64]
+            word = np.uint64(0)
+            for b in range(chunk.size):
+                word |= np.uint64(chunk[b] != 0) << np.uint64(b)
+            mask[r, w] = word
+
+
+@kernel
+def _list_nonzeros(x, mask_row, columns, values):
+    """Write the columns that ``mask_row`` marks, and ``x`` there, into
+    ``columns`` and ``values`` in increasing order; return how many."""
+    n = 0
+    for w in range(mask_row.size):
+        bits = mask_row[w]
+        while bits:
+            k = 64 * w + np.int64(_trailing_zeros(bits))
+            columns[n] = k
+            values[n] = x[k]
+            bits &= bits - np.uint64(1)  # clear the lowest set bit
+            n += 1
+    return n
+
+
 @kernel
 def compress_rows(X, rows, indptr, indices, values):
     """Write the nonzeros of ``X[rows]`` in CSR form; return how many there are.
 
-    ``indices`` and ``values`` need room for ``rows.size * X.shape[1]`` entries.
+    ``indices`` and ``values`` need room for the nonzeros and one more entry.
     """
     n = 0
     indptr[0] = 0
@@ -259,23 +348,28 @@ def _output_layer(a1, activation, W2, b2, a2):
 
 
 @kernel(parallel=True)
-def forward(X, rows, csr, W1, b1, W2, b2, activation, A1, A2):
+def forward(X, rows, nonzeros, W1, b1, W2, b2, activation, A1, A2):
     """Forward pass on the examples ``X[rows]``.
 
     Writes ``A1 = f(X W1 + b1)`` and ``A2 = softmax(A1 W2.T + b2)``, one row
-    per example; nothing else is stored. ``csr = (indptr, indices, values)``
-    holds the nonzeros of ``X[rows]`` (from :func:`compress_rows`), and then
-    the first layer skips the zeros; empty arrays mean: read ``X`` as it is.
+    per example; nothing else is stored. ``nonzeros`` (a :class:`Nonzeros`
+    of ``X[rows]``) lets the first layer skip the zeros.
     """
-    indptr, indices, values = csr
-    for r in prange(rows.size):
-        A1[r] = b1
-        if indptr.size == 0:
-            _add_rows(A1[r], X[rows[r]], W1)
-        else:
-            lo, hi = indptr[r], indptr[r + 1]
-            _add_gathered_rows(A1[r], values[lo:hi], W1, indices[lo:hi])
-        _output_layer(A1[r], activation, W2, b2, A2[r])
+    mask, (columns, values), (indptr, indices, csr_values), _ = nonzeros
+    m = rows.size
+    for c in prange(N_CHUNKS):
+        for r in range(c * m // N_CHUNKS, (c + 1) * m // N_CHUNKS):
+            x, a1 = X[rows[r]], A1[r]
+            _copy(b1, a1)
+            if mask.shape[0] > 0:
+                n = _list_nonzeros(x, mask[r], columns[c], values[c])
+                _add_gathered_rows(a1, values[c][:n], W1, columns[c][:n])
+            elif indptr.size > 0:
+                lo, hi = indptr[r], indptr[r + 1]
+                _add_gathered_rows(a1, csr_values[lo:hi], W1, indices[lo:hi])
+            else:
+                _add_rows(a1, x, W1)
+            _output_layer(a1, activation, W2, b2, A2[r])
 
 
 # --------------------------------------------------------------------------
@@ -376,14 +470,13 @@ def _finish_input_row(g, W1_row, l2, m):
 
 @kernel(parallel=True)
 def backward(
-    X, rows, csc, y, W1, W2, activation, l2, A1, A2, dW1, db1, dW2, db2, partial, partial_loss
+    X, rows, nonzeros, y, W1, W2, activation, l2, A1, A2, dW1, db1, dW2, db2, partial, partial_loss
 ):
     """All six gradients of the mean cross-entropy (plus ``l2/2m`` times the
     squared weights) for the examples ``X[rows]`` with labels ``y[rows]``.
 
     ``A1, A2`` come from :func:`forward` and are overwritten with ``dZ1, dZ2``.
-    ``csc = (colptr, rowidx, colvalues)`` holds the nonzeros of ``X[rows]`` by
-    feature (from :func:`transpose_sparse`), or is empty to read ``X``.
+    ``nonzeros`` is the :class:`Nonzeros` of ``X[rows]``.
     ``partial`` (``N_CHUNKS`` x ``n_y*n_h + n_y + 2*n_h``) and ``partial_loss``
     (``N_CHUNKS``, float64) are scratch. Returns the loss.
     """
@@ -395,23 +488,30 @@ def backward(
             partial_loss[c] += _backprop_row(y[rows[r]], W2, activation, A1[r], A2[r], partial[c])
     loss = _add_chunks(partial, partial_loss, m, W1, W2, l2, dW2, db2, db1)
     # dW1 = X.T @ dZ1. Blocks of 16 features own their rows of dW1 and add the
-    # examples in order, so the thread count never changes a sum.
-    colptr, rowidx, colvalues = csc
+    # examples in order, so the thread count never changes a sum. A block
+    # lies within one 64-bit word of the mask.
+    mask, _, _, (colptr, rowidx, colvalues) = nonzeros
     n_x = W1.shape[0]
     for block in prange((n_x + 15) // 16):
         k0, k1 = block * 16, min(n_x, block * 16 + 16)
         dW1[k0:k1] = 0
-        if colptr.size == 0:
-            for r in range(m):
-                x, dz1 = X[rows[r]], A1[r]
-                for k in range(k0, k1):
-                    g, xk = dW1[k], x[k]
-                    for h in range(g.size):
-                        g[h] += xk * dz1[h]
-        else:
+        if colptr.size > 0:
             for k in range(k0, k1):
                 lo, hi = colptr[k], colptr[k + 1]
                 _add_gathered_rows(dW1[k], colvalues[lo:hi], A1, rowidx[lo:hi])
+        else:
+            word, shift = k0 // 64, np.uint64(k0 % 64)
+            for r in range(m):
+                x, dz1 = X[rows[r]], A1[r]
+                if mask.shape[0] > 0:
+                    bits = (mask[r, word] >> shift) & np.uint64(0xFFFF)
+                    while bits:
+                        k = k0 + np.int64(_trailing_zeros(bits))
+                        _add_scaled(dW1[k], x[k], dz1)
+                        bits &= bits - np.uint64(1)
+                else:
+                    for k in range(k0, k1):
+                        _add_scaled(dW1[k], x[k], dz1)
         for k in range(k0, k1):
             _finish_input_row(dW1[k], W1[k], l2, m)
     return loss
@@ -503,21 +603,15 @@ def _update_if_finite(loss, theta, grads, optimizer):
 # --------------------------------------------------------------------------
 # Training: one entry point, so that a run compiles its loop once
 # --------------------------------------------------------------------------
-DENSE, SPARSE, SPARSE_PREPARED = 0, 1, 2
-"""How ``train_epoch`` feeds the first layer: ``X`` as it is; each batch
-compressed on the fly; or one batch of all examples, compressed beforehand."""
-
-
 @kernel
-def train_epoch(X, y, order, batch_size, theta, grads, activation, optimizer, work, csr, csc, mode):
+def train_epoch(X, y, order, batch_size, theta, grads, activation, optimizer, work, nonzeros):
     """One epoch: a forward pass, backward pass and update per batch of ``order``.
 
     ``optimizer`` is ``(solver, hyper, state, step)``; ``work`` is ``(A1, A2,
-    partial, partial_loss)`` with room for ``batch_size`` examples; ``csr``
-    and ``csc`` are ``(indptr, indices, values)`` and ``(colptr, rowidx,
-    colvalues)`` with room for the nonzeros of a batch, or empty for
-    ``mode = DENSE``. With ``batch_size = order.size`` this is one step of
-    full-batch gradient descent.
+    partial, partial_loss)`` with room for ``batch_size`` examples;
+    ``nonzeros`` is a :class:`Nonzeros`: with a mask, each batch is marked
+    when it comes; the prepared forms serve a single batch of all of
+    ``order`` (one step of full-batch gradient descent).
 
     Returns the sum over batches of loss times batch size, and the index of
     the batch whose loss or gradient was not finite (the epoch stops there,
@@ -533,19 +627,13 @@ def train_epoch(X, y, order, batch_size, theta, grads, activation, optimizer, wo
         rows = order[start : start + batch_size]
         m = rows.size
         a1, a2 = A1[:m], A2[:m]
-        if mode != DENSE:
-            # The CSR and CSC arrays of this batch (prepared, or made now).
-            csr_m = (csr[0][: m + 1], csr[1], csr[2])
-            if mode == SPARSE:
-                compress_rows(X, rows, *csr_m)
-                transpose_sparse(*csr_m, n_x, *csc)
-        else:
-            csr_m = csr
-        forward(X, rows, csr_m, W1, b1, W2, b2, activation, a1, a2)
+        if nonzeros.mask.shape[0] > 0:
+            nonzero_mask(X, rows, nonzeros.mask)
+        forward(X, rows, nonzeros, W1, b1, W2, b2, activation, a1, a2)
         loss = backward(
             X,
             rows,
-            csc,
+            nonzeros,
             y,
             W1,
             W2,

@@ -19,9 +19,9 @@ from ._validation import (
 from .engine import (
     FastNetwork,
     Optimizer,
-    batch_nonzeros,
     class_indices,
     flatten_params,
+    is_sparse,
     notebook_params,
 )
 from .errors import DivergenceError
@@ -300,11 +300,11 @@ class _FastMiniBatch(_MiniBatch, _Fast):
     def __init__(self, X, labels, params, alpha, activation, batch_size, seed):
         _Fast.__init__(self, X, labels, params, alpha, activation)
         self._shuffle(labels, batch_size, seed)
-        self.nonzeros = batch_nonzeros(X, self.batch_size)
+        self.sparse = is_sparse(X)
 
     def _epoch(self, order):
         net = self.network
-        return net.epoch(self.X, self.labels, order, self.batch_size, self.optimizer, self.nonzeros)
+        return net.epoch(self.X, self.labels, order, self.batch_size, self.optimizer, self.sparse)
 
     def predicted_classes(self):
         return class_indices(self.network.output(self.X))

@@ -55,6 +55,24 @@ def sparse_data(rng, m, n_x, n_y, dtype, density=0.2):
     return X.astype(dtype), rng.integers(0, n_y, m)
 
 
+FORMS = ["dense", "mask", "prepared"]
+"""How the kernels can see an input: as it is, through a nonzero mask (mini-batches)
+or through its nonzeros prepared in both orders (full batches)."""
+
+
+def input_nonzeros(X, form):
+    """The :class:`fastmlp.kernels.Nonzeros` of all of ``X`` in one of ``FORMS``."""
+    from fastmlp import engine, kernels
+
+    if form == "prepared":
+        return engine.prepared_input(X)
+    if form == "mask":
+        nonzeros = engine.batch_input(len(X), X.shape[1], X.dtype)
+        kernels.nonzero_mask(X, np.arange(len(X)), nonzeros.mask)
+        return nonzeros
+    return engine.dense_input(X.dtype)
+
+
 def loss_function(X, y, n_h, n_y, activation, l2):
     """The fast path's loss and gradient as functions of the flat float64
     parameter vector: for finite-difference checks."""
@@ -63,16 +81,16 @@ def loss_function(X, y, n_h, n_y, activation, l2):
     n_x = X.shape[1]
     code = kernels.ACTIVATIONS[activation]
     rows = np.arange(len(y))
-    csr, csc = engine._sparse_buffers(0, n_x, 0, np.float64)
+    dense = engine.dense_input(X.dtype)
     A1, A2, partial, partial_loss = engine._work(len(y), n_h, n_y, np.float64)
 
     def f(theta):
         W1, b1, W2, b2 = kernels.unpack(theta, n_x, n_h, n_y)
         grads = np.empty_like(theta)
-        kernels.forward(X, rows, csr, W1, b1, W2, b2, code, A1, A2)
+        kernels.forward(X, rows, dense, W1, b1, W2, b2, code, A1, A2)
         gradients = kernels.unpack(grads, n_x, n_h, n_y)
         loss = kernels.backward(
-            X, rows, csc, y, W1, W2, code, l2, A1, A2, *gradients, partial, partial_loss
+            X, rows, dense, y, W1, W2, code, l2, A1, A2, *gradients, partial, partial_loss
         )
         return loss, grads
 

@@ -6,7 +6,7 @@ import numba
 import numpy as np
 import pytest
 import scipy.sparse
-from _support import DTYPES, assert_close, loss_function, sparse_data
+from _support import DTYPES, FORMS, assert_close, input_nonzeros, loss_function, sparse_data
 
 from fastmlp import engine, kernels, reference
 
@@ -23,16 +23,6 @@ def make_network(rng, n_x, n_h, n_y, dtype):
 
 def kernel_layout(W1, b1, W2, b2):
     return np.ascontiguousarray(W1.T), b1.ravel().copy(), W2.copy(), b2.ravel().copy()
-
-
-def input_arrays(X, sparse):
-    """``(csr, csc)`` for the kernels: the nonzeros of ``X``, or empty arrays."""
-    m, n_x = X.shape
-    csr, csc = engine._sparse_buffers(m if sparse else 0, n_x, X.size, X.dtype)
-    if sparse:
-        kernels.compress_rows(X, np.arange(m), *csr)
-        kernels.transpose_sparse(*csr, n_x, *csc)
-    return csr, csc
 
 
 # ---- elementwise kernels -----------------------------------------------------
@@ -91,16 +81,29 @@ def test_softmax_of_huge_logits_is_finite_and_exact(dtype):
 
 # ---- sparse input ------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_compress_and_transpose_match_scipy(rng, dtype):
+@pytest.mark.parametrize("n_x", [29, 64, 130])
+def test_nonzero_mask_marks_exactly_the_nonzeros(rng, dtype, n_x):
+    X, _ = sparse_data(rng, 40, n_x, 3, dtype, density=0.3)
+    X[5] = 0  # an empty row
+    X[:, 7] = 0  # an empty column
+    X[6, :3] = [np.nan, -0.0, np.inf]  # NaN and inf are nonzero; -0.0 is zero
+    rows = rng.permutation(40)[:25]
+    mask = engine.batch_input(25, n_x, dtype).mask
+    kernels.nonzero_mask(X, rows, mask)
+    assert mask.shape == (25, -(-n_x // 64))
+    bits = np.unpackbits(mask.view(np.uint8), axis=1, bitorder="little")
+    np.testing.assert_array_equal(bits[:, :n_x], X[rows] != 0)
+    assert not bits[:, n_x:].any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_prepared_nonzeros_match_scipy(rng, dtype):
     X, _ = sparse_data(rng, 40, 29, 3, dtype, density=0.3)
     X[5] = 0  # an empty row
     X[:, 7] = 0  # an empty column
-    rows = rng.permutation(40)[:25]
-    csr, csc = engine._sparse_buffers(rows.size, 29, rows.size * 29, dtype)
-    nnz = kernels.compress_rows(X, rows, *csr)
-    kernels.transpose_sparse(*csr, 29, *csc)
-    expected = scipy.sparse.csr_array(X[rows])
-    assert nnz == expected.nnz
+    csr, csc = engine.prepared_input(X)[2:]
+    expected = scipy.sparse.csr_array(X)
+    nnz = expected.nnz
     np.testing.assert_array_equal(csr[0], expected.indptr)
     np.testing.assert_array_equal(csr[1][:nnz], expected.indices)
     np.testing.assert_array_equal(csr[2][:nnz], expected.data)
@@ -111,22 +114,28 @@ def test_compress_and_transpose_match_scipy(rng, dtype):
     np.testing.assert_array_equal(csc[2][:nnz], by_column.data)
 
 
+def test_is_sparse_decides_by_density(rng):
+    assert engine.is_sparse(sparse_data(rng, 300, 50, 2, np.float64, density=0.3)[0])
+    assert not engine.is_sparse(np.ones((300, 50)))
+    assert not engine.is_sparse(sparse_data(rng, 5000, 8, 2, np.float32, density=0.9)[0])
+
+
 # ---- forward and backward ----------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("n_y", [10, 1], ids=["softmax", "logistic-output"])
-def test_forward_and_backward_match_reference(rng, dtype, activation, sparse, n_y):
-    m, n_x, n_h, l2 = 203, 57, 24, 0.3
+def test_forward_and_backward_match_reference(rng, dtype, activation, form, n_y):
+    m, n_x, n_h, l2 = 203, 157, 24, 0.3  # n_x: three mask words, the last partial
     X, y = sparse_data(rng, m, n_x, max(n_y, 2), dtype)
     params = make_network(rng, n_x, n_h, n_y, dtype)
     W1, b1, W2, b2 = kernel_layout(*params)
     rows = np.arange(m)
-    csr, csc = input_arrays(X, sparse)
+    nonzeros = input_nonzeros(X, form)
     A1, A2 = np.empty((m, n_h), dtype), np.empty((m, n_y), dtype)
     code = kernels.ACTIVATIONS[activation]
 
-    kernels.forward(X, rows, csr, W1, b1, W2, b2, code, A1, A2)
+    kernels.forward(X, rows, nonzeros, W1, b1, W2, b2, code, A1, A2)
     Z1, A1_ref, Z2, A2_ref = reference.forward(*params, X.T, activation)
     assert A1.dtype == A2.dtype == dtype
     assert_close(A1, A1_ref.T)
@@ -135,7 +144,7 @@ def test_forward_and_backward_match_reference(rng, dtype, activation, sparse, n_
     grads = [np.empty_like(p) for p in (W1, b1, W2, b2)]
     partial, partial_loss = engine._work(m, n_h, n_y, dtype)[2:]
     loss = kernels.backward(
-        X, rows, csc, y, W1, W2, code, l2, A1, A2, *grads, partial, partial_loss
+        X, rows, nonzeros, y, W1, W2, code, l2, A1, A2, *grads, partial, partial_loss
     )
     Y = reference.one_hot(y, n_y).astype(dtype)
     expected = reference.backward(
@@ -200,7 +209,7 @@ def test_update_rules_match_reference(rng, dtype, rule):
 @pytest.mark.parametrize("solver", ["sgd", "momentum", "adam"])
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
 def test_train_epoch_matches_reference(rng, dtype, solver, sparse):
-    m, n_x, n_h, n_y, batch = 150, 40, 16, 5, 32
+    m, n_x, n_h, n_y, batch = 150, 100, 16, 5, 32
     X, y = sparse_data(rng, m, n_x, n_y, dtype)
     params = make_network(rng, n_x, n_h, n_y, dtype)
     momentum = 0.9 if solver == "momentum" else 0.0
@@ -217,7 +226,7 @@ def test_train_epoch_matches_reference(rng, dtype, solver, sparse):
     step = 0
     for _ in range(3):
         order = rng.permutation(m)
-        total, failed = net.epoch(X, y, order, batch, optimizer, batch * n_x if sparse else 0)
+        total, failed = net.epoch(X, y, order, batch, optimizer, sparse)
         expected_total, step, expected_failed = reference.train_epoch(
             expected,
             X.T,
@@ -253,12 +262,12 @@ def test_non_finite_gradient_leaves_parameters_untouched(rng):
     )
     before = net.theta.copy()
     optimizer = engine.Optimizer("sgd", net.theta.size, np.float64, learning_rate=0.1)
-    total, failed = net.epoch(X, y, np.arange(m), 10, optimizer, nonzeros=0)
+    total, failed = net.epoch(X, y, np.arange(m), 10, optimizer, sparse=False)
     assert failed == 1  # the batch holding example 17
     batch0 = net.theta.copy()
     assert not np.array_equal(batch0, before)  # batch 0 was applied...
     net2 = engine.FastNetwork(before.copy(), n_x, n_h, n_y, "logistic")
-    net2.epoch(X[:10], y[:10], np.arange(10), 10, optimizer, nonzeros=0)
+    net2.epoch(X[:10], y[:10], np.arange(10), 10, optimizer, sparse=False)
     np.testing.assert_array_equal(batch0, net2.theta)  # ...and nothing after it
 
 
@@ -276,9 +285,7 @@ def test_results_do_not_depend_on_the_thread_count(rng, sparse):
             numba.set_num_threads(threads)
             net = engine.FastNetwork(engine.flatten_params(*params), n_x, n_h, n_y, "relu")
             optimizer = engine.Optimizer("adam", net.theta.size, np.float32, learning_rate=0.01)
-            net.epoch(
-                X, y, np.arange(m), 64, optimizer, engine.batch_nonzeros(X, 64) if sparse else 0
-            )
+            net.epoch(X, y, np.arange(m), 64, optimizer, sparse)
             batch = net.full_batch(X, y, sparse)
             for _ in range(3):
                 batch.step(optimizer)
@@ -287,13 +294,3 @@ def test_results_do_not_depend_on_the_thread_count(rng, sparse):
         numba.set_num_threads(default)
     for other in results[1:]:
         np.testing.assert_array_equal(results[0], other)
-
-
-def test_batch_nonzeros_bounds_every_batch(rng):
-    X, _ = sparse_data(rng, 500, 40, 3, np.float64, density=0.3)
-    room = engine.batch_nonzeros(X, 32)
-    for _ in range(20):
-        order = rng.permutation(500)
-        counts = [np.count_nonzero(X[order[i : i + 32]]) for i in range(0, 500, 32)]
-        assert max(counts) <= room <= 32 * 40
-    assert engine.batch_nonzeros(np.ones((10, 4)), 4) == 0  # dense: the dense kernels

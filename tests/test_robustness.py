@@ -11,7 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 import scipy.sparse
-from _support import DTYPES, RTOL, assert_close, loss_function, sparse_data
+from _support import DTYPES, FORMS, RTOL, assert_close, input_nonzeros, loss_function, sparse_data
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -203,13 +203,13 @@ def test_loss_stays_finite_for_huge_logits(dtype):
     W2 = np.array([[1e4, -1e4], [-1e4, 1e4]], dtype)  # n_y x n_h
     b2 = np.zeros(2, dtype)
     rows = np.arange(3)
-    csr, csc = engine._sparse_buffers(0, 2, 0, dtype)
+    dense = engine.dense_input(dtype)
     A1, A2, partial, partial_loss = engine._work(3, 2, 2, dtype)
     with np.errstate(over="raise", divide="raise", invalid="raise"):
-        kernels.forward(X, rows, csr, W1, b1, W2, b2, kernels.LOGISTIC, A1, A2)
+        kernels.forward(X, rows, dense, W1, b1, W2, b2, kernels.LOGISTIC, A1, A2)
         grads = [np.empty_like(p) for p in (W1, b1, W2, b2)]
         loss = kernels.backward(
-            X, rows, csc, y, W1, W2, 0, 0.0, A1, A2, *grads, partial, partial_loss
+            X, rows, dense, y, W1, W2, 0, 0.0, A1, A2, *grads, partial, partial_loss
         )
         reference_loss = ref.cross_entropy(
             ref.forward(W1.T, b1[:, None], W2, b2[:, None], X.T)[3], ref.one_hot(y, 2).astype(dtype)
@@ -256,21 +256,21 @@ FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthChe
 @st.composite
 def problems(draw):
     m = draw(st.integers(1, 40))
-    n_x = draw(st.integers(1, 25))
+    n_x = draw(st.integers(1, 150))
     n_h = draw(st.integers(1, 20))
     n_y = draw(st.sampled_from([1, 2, 3, 7]))
     dtype = draw(st.sampled_from(DTYPES))
     seed = draw(st.integers(0, 2**32 - 1))
     activation = draw(st.sampled_from(list(kernels.ACTIVATIONS)))
     density = draw(st.sampled_from([0.0, 0.3, 1.0]))
-    sparse = draw(st.booleans())
-    return m, n_x, n_h, n_y, np.dtype(dtype), seed, activation, density, sparse
+    form = draw(st.sampled_from(FORMS))
+    return m, n_x, n_h, n_y, np.dtype(dtype), seed, activation, density, form
 
 
 @FAST
 @given(problems())
 def test_property_fast_and_reference_paths_agree(problem):
-    m, n_x, n_h, n_y, dtype, seed, activation, density, sparse = problem
+    m, n_x, n_h, n_y, dtype, seed, activation, density, form = problem
     rng = np.random.default_rng(seed)
     X, y = sparse_data(rng, m, n_x, max(n_y, 2), dtype, density)
     params = ref.init_params(n_x, n_h, n_y, seed % 1000, dtype)
@@ -280,20 +280,17 @@ def test_property_fast_and_reference_paths_agree(problem):
         params[2],
         params[3].ravel(),
     )
-    csr, csc = engine._sparse_buffers(m if sparse else 0, n_x, m * n_x, dtype)
     rows = np.arange(m)
-    if sparse:
-        kernels.compress_rows(X, rows, *csr)
-        kernels.transpose_sparse(*csr, n_x, *csc)
+    nonzeros = input_nonzeros(X, form)
     A1, A2, partial, partial_loss = engine._work(m, n_h, n_y, dtype)
     code = kernels.ACTIVATIONS[activation]
-    kernels.forward(X, rows, csr, W1, b1, W2, b2, code, A1, A2)
+    kernels.forward(X, rows, nonzeros, W1, b1, W2, b2, code, A1, A2)
     Z1, A1_ref, Z2, A2_ref = ref.forward(*params, X.T, activation)
     assert_close(A1, A1_ref.T)
     assert_close(A2, A2_ref.T)
     grads = [np.empty_like(p) for p in (W1, b1, W2, b2)]
     loss = kernels.backward(
-        X, rows, csc, y, W1, W2, code, 0.1, A1, A2, *grads, partial, partial_loss
+        X, rows, nonzeros, y, W1, W2, code, 0.1, A1, A2, *grads, partial, partial_loss
     )
     Y = ref.one_hot(y, n_y).astype(dtype)
     expected = ref.backward(Z1, A1_ref, Z2, A2_ref, params[0], params[2], X.T, Y, activation, 0.1)
