@@ -396,12 +396,14 @@ def _output_delta_row(a2, label):
 
 
 @kernel
-def _backprop_row(label, W2, activation, a1, dz2, sums):
+def _backprop_row(label, W2, activation, a1, dz2, sums, inv_m):
     """One example's share of the backward pass; returns its loss.
 
-    Turns ``dz2 = a2`` into ``A2 - Y`` and ``a1`` into ``dZ1``, and adds the
-    example's terms into ``sums``: ``dW2`` (``n_y*n_h``), ``db2`` (``n_y``),
-    ``db1`` (``n_h``), followed by ``n_h`` entries of scratch.
+    Turns ``dz2 = a2`` into ``(A2 - Y) / m`` and ``a1`` into ``dZ1 / m``, and
+    adds the example's terms into ``sums``: ``dW2`` (``n_y*n_h``), ``db2``
+    (``n_y``), ``db1`` (``n_h``), followed by ``n_h`` entries of scratch.
+    Dividing by ``m`` here, once per example, makes every sum a mean as it
+    is added, so no pass over the gradients is needed afterwards.
     """
     n_y, n_h = W2.shape
     dW2 = sums[: n_y * n_h].reshape((n_y, n_h))
@@ -409,6 +411,8 @@ def _backprop_row(label, W2, activation, a1, dz2, sums):
     db1 = sums[n_y * n_h + n_y : n_y * n_h + n_y + n_h]
     back = sums[n_y * n_h + n_y + n_h :]
     loss = _output_delta_row(dz2, label)
+    for o in range(n_y):
+        dz2[o] *= inv_m
     for o in range(n_y):
         db2[o] += dz2[o]
         g, d = dW2[o], dz2[o]
@@ -435,10 +439,10 @@ def _sum_of_squares(M):
 
 @kernel
 def _add_chunks(partial, partial_loss, m, W1, W2, l2, dW2, db2, db1):
-    """Add the chunks' sums in order into ``dW2, db2, db1``, make them means
-    over the ``m`` examples (with the L2 term on ``W2``) and return the loss."""
+    """Add the chunks' sums in order into ``dW2, db2, db1``, add the L2 term
+    to ``dW2`` and return the loss."""
     k, n_y, n_h = W2.size, W2.shape[0], W2.shape[1]
-    gW2, w2 = dW2.reshape(k), W2.reshape(k)
+    gW2 = dW2.reshape(k)
     gW2[:] = 0
     db2[:] = 0
     db1[:] = 0
@@ -447,25 +451,11 @@ def _add_chunks(partial, partial_loss, m, W1, W2, l2, dW2, db2, db1):
         gW2 += sums[:k]
         db2 += sums[k : k + n_y]
         db1 += sums[k + n_y : k + n_y + n_h]
-    scale = dW2.dtype.type(1.0 / m)
-    penalty = dW2.dtype.type(l2)
-    for i in range(k):
-        gW2[i] = (gW2[i] + penalty * w2[i]) * scale
-    db2 *= scale
-    db1 *= scale
     loss = partial_loss.sum() / m
     if l2 > 0:
+        _add_scaled(gW2, W2.dtype.type(l2 / m), W2.reshape(k))
         loss += 0.5 * l2 * (_sum_of_squares(W1) + _sum_of_squares(W2)) / m
     return loss
-
-
-@kernel
-def _finish_input_row(g, W1_row, l2, m):
-    """``g = (g + l2 W1_row) / m``: one row of ``dW1`` made a penalised mean."""
-    scale = g.dtype.type(1.0 / m)
-    penalty = g.dtype.type(l2)
-    for h in range(g.size):
-        g[h] = (g[h] + penalty * W1_row[h]) * scale
 
 
 @kernel(parallel=True)
@@ -475,17 +465,21 @@ def backward(
     """All six gradients of the mean cross-entropy (plus ``l2/2m`` times the
     squared weights) for the examples ``X[rows]`` with labels ``y[rows]``.
 
-    ``A1, A2`` come from :func:`forward` and are overwritten with ``dZ1, dZ2``.
+    ``A1, A2`` come from :func:`forward` and are overwritten with ``dZ1 / m,
+    dZ2 / m``.
     ``nonzeros`` is the :class:`Nonzeros` of ``X[rows]``.
     ``partial`` (``N_CHUNKS`` x ``n_y*n_h + n_y + 2*n_h``) and ``partial_loss``
     (``N_CHUNKS``, float64) are scratch. Returns the loss.
     """
     m = rows.size
+    inv_m = W1.dtype.type(1.0 / m)
     for c in prange(N_CHUNKS):
         partial[c] = 0
         partial_loss[c] = 0.0
         for r in range(c * m // N_CHUNKS, (c + 1) * m // N_CHUNKS):
-            partial_loss[c] += _backprop_row(y[rows[r]], W2, activation, A1[r], A2[r], partial[c])
+            partial_loss[c] += _backprop_row(
+                y[rows[r]], W2, activation, A1[r], A2[r], partial[c], inv_m
+            )
     loss = _add_chunks(partial, partial_loss, m, W1, W2, l2, dW2, db2, db1)
     # dW1 = X.T @ dZ1. Blocks of 16 features own their rows of dW1 and add the
     # examples in order, so the thread count never changes a sum. A block
@@ -512,8 +506,9 @@ def backward(
                 else:
                     for k in range(k0, k1):
                         _add_scaled(dW1[k], x[k], dz1)
-        for k in range(k0, k1):
-            _finish_input_row(dW1[k], W1[k], l2, m)
+        if l2 > 0:
+            for k in range(k0, k1):
+                _add_scaled(dW1[k], W1.dtype.type(l2 / m), W1[k])
     return loss
 
 
