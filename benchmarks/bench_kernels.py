@@ -107,14 +107,22 @@ def bench_update(benchmark, setup, implementation):
         timed(benchmark, group, kernels.sgd_update, net.theta.copy(), grads, 0.5)
 
 
-@pytest.mark.parametrize("density", [0.05, 0.2, 0.4, 0.6, 1.0])
+@pytest.mark.parametrize("density", [0.05, 0.2, 0.4, 0.6, 0.75, 1.0])
 @pytest.mark.parametrize("first_layer", ["dense", "sparse"])
-def bench_first_layer_density(benchmark, first_layer, density):
+@pytest.mark.parametrize("batching", ["full batch", "mini-batch"])
+def bench_first_layer_density(benchmark, smoke, first_layer, density, batching):
     rng = np.random.default_rng(0)
-    X = rng.random((M, N_X))
+    m = M if batching == "full batch" or smoke else 10_000
+    X = rng.random((m, N_X))
     X[rng.random(X.shape) >= density] = 0
-    y = rng.integers(0, N_Y, M)
-    _, net, batch = network(np.float64, X, y, first_layer == "sparse")
+    y = rng.integers(0, N_Y, m)
+    sparse = first_layer == "sparse"
+    _, net, batch = network(np.float64, X, y, sparse)
     optimizer = engine.Optimizer("sgd", net.theta.size, np.float64, learning_rate=1e-3)
-    benchmark.group = f"first-layer density {density:.2f}: one full-batch step"
-    benchmark.pedantic(batch.step, args=(optimizer,), rounds=10, warmup_rounds=1)
+    if batching == "full batch":
+        benchmark.group = f"first-layer density {density:.2f}: one full-batch step"
+        benchmark.pedantic(batch.step, args=(optimizer,), rounds=10, warmup_rounds=1)
+    else:
+        benchmark.group = f"first-layer density {density:.2f}: one epoch, batches of 64"
+        args = (X, y, np.arange(m), 64, optimizer, sparse)
+        benchmark.pedantic(net.epoch, args=args, rounds=10, warmup_rounds=1)
