@@ -199,12 +199,15 @@ class FastNetwork:
         m = X.shape[0]
         size = min(m, PREDICT_CHUNK)
         A1, A2 = np.empty((size, n_h), self.dtype), np.empty((m, n_y), self.dtype)
+        nonzeros = batch_input(size, n_x, self.dtype) if is_sparse(X) else self._dense
         for start in range(0, m, size):
             rows = np.arange(start, min(m, start + size))
+            if nonzeros.mask.shape[0] > 0:
+                kernels.nonzero_mask(X, rows, nonzeros.mask)
             kernels.forward(
                 X,
                 rows,
-                self._dense,
+                nonzeros,
                 *self.params,
                 self._code,
                 A1[: rows.size],
