@@ -191,6 +191,8 @@ def peak_memory() -> dict:
 
 
 def markdown(report: dict) -> str:
+    """The report as text: the machine, the table, then whichever of the thread,
+    start-up and memory sections it holds."""
     m = report["machine"]
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads, {m['system']}; "
@@ -216,24 +218,25 @@ def markdown(report: dict) -> str:
             f"| {row['seconds']:.3f} | {row['vs_numpy']:.2f}x | {vs_torch} "
             f"| {row['accuracy']:.2%} | {row['gflops']:.1f} |"
         )
-    lines.append("")
-    for dtype, t in report["threads"].items():
+    for dtype, t in report.get("threads", {}).items():
         lines.append(
-            f"W1 {dtype}, {max(t['seconds'])} threads against 1: {t['speed_up']:.2f}x; "
+            f"\nW1 {dtype}, {max(t['seconds'])} threads against 1: {t['speed_up']:.2f}x; "
             f"weights bitwise identical: {t['bitwise_identical']}."
         )
-    s = report["startup"]
-    lines += [
-        "",
-        "Start-up: cold compile of the kernels a training run uses "
-        f"{s['cold']['first_step']:.1f} s "
-        f"(every kernel, both dtypes: {s['cold']['all_kernels']:.1f} s); a second process "
-        f"imports in {s['cached']['import']:.2f} s and finishes its first step "
-        f"{s['cached']['first_step']:.2f} s later.",
-        "",
-        "Peak memory a training run allocates (MB, traced): "
-        + ", ".join(f"{k} {v:.1f}" for k, v in report["memory"].items()),
-    ]
+    if "startup" in report:
+        s = report["startup"]
+        lines.append(
+            "\nStart-up: cold compile of the kernels a training run uses "
+            f"{s['cold']['first_step']:.1f} s "
+            f"(every kernel, both dtypes: {s['cold']['all_kernels']:.1f} s); a second "
+            f"process imports in {s['cached']['import']:.2f} s and finishes its first step "
+            f"{s['cached']['first_step']:.2f} s later."
+        )
+    if "memory" in report:
+        lines.append(
+            "\nPeak memory a training run allocates (MB, traced): "
+            + ", ".join(f"{k} {v:.1f}" for k, v in report["memory"].items())
+        )
     return "\n".join(lines)
 
 
