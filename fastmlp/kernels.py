@@ -167,6 +167,13 @@ def softmax(Z, out):
 # Weighted sums of rows: the only place that touches W1 or X element by element
 # --------------------------------------------------------------------------
 @kernel
+def _add_scaled(out, x, v):
+    """``out += x * v``."""
+    for h in range(out.size):
+        out[h] += x * v[h]
+
+
+@kernel
 def _add_rows(out, weights, M):
     """``out += weights @ M``: add row ``k`` of ``M`` times ``weights[k]``."""
     n = weights.size
@@ -180,9 +187,7 @@ def _add_rows(out, weights, M):
             out[h] += (x0 * m0[h] + x1 * m1[h]) + (x2 * m2[h] + x3 * m3[h])
         k += 4
     while k < n:
-        x0, m0 = weights[k], M[k]
-        for h in range(out.size):
-            out[h] += x0 * m0[h]
+        _add_scaled(out, weights[k], M[k])
         k += 1
 
 
@@ -199,17 +204,8 @@ def _add_gathered_rows(out, weights, M, index):
             out[h] += (x0 * m0[h] + x1 * m1[h]) + (x2 * m2[h] + x3 * m3[h])
         p += 4
     while p < n:
-        x0, m0 = weights[p], M[index[p]]
-        for h in range(out.size):
-            out[h] += x0 * m0[h]
+        _add_scaled(out, weights[p], M[index[p]])
         p += 1
-
-
-@kernel
-def _add_scaled(out, x, v):
-    """``out += x * v``."""
-    for h in range(out.size):
-        out[h] += x * v[h]
 
 
 # --------------------------------------------------------------------------
