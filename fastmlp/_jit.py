@@ -45,18 +45,20 @@ FASTMATH = (
 )
 
 
-def kernel(function=None, *, parallel: bool = False):
+def kernel(function=None, *, parallel: bool = False, reassociate: bool = True):
     """Compile ``function`` with fastmlp's settings.
 
     Kernels release the GIL (``nogil``) so that several Python threads can
     train at once, and use NumPy's error model so that a division by zero
     gives inf instead of raising: kernels check finiteness where it matters.
+    ``reassociate=False`` keeps the order of the function's own arithmetic,
+    for code whose accuracy depends on it.
     """
 
     def compile_(fn):
         options = dict(
             nogil=True,
-            fastmath=set(FASTMATH),
+            fastmath=set(FASTMATH) if reassociate else set(FASTMATH) - {"reassoc"},
             error_model="numpy",
             parallel=parallel and PARALLEL,
         )

@@ -34,6 +34,7 @@ Every public kernel has a twin of the same name in :mod:`fastmlp.reference`.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -84,6 +85,64 @@ def _copy(source, target):
 
 
 # --------------------------------------------------------------------------
+# exp, vectorised
+# --------------------------------------------------------------------------
+# libm's exp is a call per element, which keeps every loop around it scalar.
+# Here exp(x) = 2**n exp(r), with n = round(x / ln 2) and r = x - n ln 2, so
+# |r| <= ln(2) / 2 and a Taylor polynomial of degree 12 gives exp(r) to float64
+# precision. ln 2 is split in two (Cody and Waite) so that n * hi is exact.
+_EXP_RANGE_64 = (6.93147180369123816490e-01, 1.90821492927058770002e-10, -708.3964, 1000.0)
+_EXP_RANGE_32 = (0.693359375, -2.12194440e-4, -87.33654, 150.0)
+"""``(hi, lo, low, high)``: ``hi + lo = ln 2``; below ``low`` exp(x) is 0 here
+(NumPy's is subnormal, or 0), and above ``high`` it is inf."""
+_EXP_TAYLOR = tuple(1.0 / math.factorial(k) for k in range(13))
+
+
+@intrinsic
+def _power_of_two(typingctx, n, like):
+    """``2.0 ** n`` in the float type of ``like``, for a normal result (the
+    exponent field written directly)."""
+    if like == types.float64:
+        float_type, int_type, mantissa, bias = ir.DoubleType(), ir.IntType(64), 52, 1023
+    else:
+        float_type, int_type, mantissa, bias = ir.FloatType(), ir.IntType(32), 23, 127
+
+    def codegen(context, builder, signature, args):
+        exponent = args[0] if int_type.width == 64 else builder.trunc(args[0], int_type)
+        biased = builder.add(exponent, ir.Constant(int_type, bias))
+        return builder.bitcast(builder.shl(biased, ir.Constant(int_type, mantissa)), float_type)
+
+    return like(types.int64, like), codegen
+
+
+@kernel(reassociate=False)
+def _exp_row(z):
+    """``z = exp(z)`` elementwise, in ``z``'s precision, to 2 units in the last
+    place; inf and NaN where NumPy's exp gives them, and 0 where it is below
+    the smallest normal number."""
+    t = z.dtype.type
+    hi, lo, low, high = _EXP_RANGE_64 if z.itemsize == 8 else _EXP_RANGE_32
+    hi, lo, low, high = t(hi), t(lo), t(low), t(high)
+    inv_ln2, half, zero = t(1.4426950408889634), t(0.5), t(0)
+    for i in range(z.size):
+        x = z[i]
+        # Clamped, so that no step makes a subnormal number (which costs the
+        # processor a slow assist each); comparisons with NaN are false.
+        c = high if x > high else (low if x < low else x)
+        n = np.floor(c * inv_ln2 + half)
+        r = (c - n * hi) - n * lo
+        p = t(_EXP_TAYLOR[12])
+        for k in range(11, -1, -1):
+            p = p * r + t(_EXP_TAYLOR[k])
+        # 2**n in two halves, each a normal number for any n here: their
+        # product overflows to inf where exp(x) does.
+        k = np.int64(n)
+        k_half = k >> 1
+        y = p * _power_of_two(k_half, x) * _power_of_two(k - k_half, x)
+        z[i] = x if x != x else (zero if x < low else y)
+
+
+# --------------------------------------------------------------------------
 # Activations, applied in place to one row
 # --------------------------------------------------------------------------
 @kernel
@@ -92,7 +151,10 @@ def _logistic_row(z):
     # (float64) exp(-z) overflows to inf and the result is exactly 0.
     one = z.dtype.type(1)
     for i in range(z.size):
-        z[i] = one / (one + np.exp(-z[i]))
+        z[i] = -z[i]
+    _exp_row(z)
+    for i in range(z.size):
+        z[i] = one / (one + z[i])
 
 
 @kernel
@@ -131,9 +193,11 @@ def _softmax_row(z):
     largest = z[0]
     for i in range(1, z.size):
         largest = max(largest, z[i])
+    for i in range(z.size):
+        z[i] -= largest
+    _exp_row(z)
     total = z.dtype.type(0)
     for i in range(z.size):
-        z[i] = np.exp(z[i] - largest)
         total += z[i]
     for i in range(z.size):
         z[i] /= total
