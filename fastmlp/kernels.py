@@ -142,6 +142,31 @@ def _exp_row(z):
         z[i] = x if x != x else (zero if x < low else y)
 
 
+@kernel(reassociate=False)
+def _tanh_row(z):
+    """``z = tanh(z)`` elementwise, in ``z``'s precision, to a few units in the
+    last place: with ``u = 2|z|``, tanh = (e**u - 1) / (e**u + 1), where
+    e**u - 1 = 2**n (e**r - 1) + (2**n - 1) and the polynomial for e**r - 1
+    has no constant term, so nothing cancels when ``z`` is small."""
+    t = z.dtype.type
+    hi, lo, _, _ = _EXP_RANGE_64 if z.itemsize == 8 else _EXP_RANGE_32
+    hi, lo = t(hi), t(lo)
+    inv_ln2, half, one, two = t(1.4426950408889634), t(0.5), t(1), t(2)
+    limit = t(20)  # tanh(20) rounds to 1 in both precisions
+    for i in range(z.size):
+        x = z[i]
+        a = abs(x)
+        u = two * (limit if a > limit else a)
+        n = np.floor(u * inv_ln2 + half)
+        r = (u - n * hi) - n * lo
+        q = t(_EXP_TAYLOR[12])
+        for k in range(11, 0, -1):
+            q = q * r + t(_EXP_TAYLOR[k])
+        scale = _power_of_two(np.int64(n), x)
+        expm1 = scale * (q * r) + (scale - one)
+        z[i] = x if x != x else np.copysign(expm1 / (expm1 + two), x)
+
+
 # --------------------------------------------------------------------------
 # Activations, applied in place to one row
 # --------------------------------------------------------------------------
@@ -162,8 +187,7 @@ def _activate_row(z, activation):
     if activation == LOGISTIC:
         _logistic_row(z)
     elif activation == TANH:
-        for i in range(z.size):
-            z[i] = np.tanh(z[i])
+        _tanh_row(z)
     else:
         zero = z.dtype.type(0)
         for i in range(z.size):

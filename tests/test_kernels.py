@@ -46,6 +46,21 @@ def test_exp_is_within_two_ulp_of_numpy_and_agrees_on_inf_and_nan(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_tanh_is_within_a_few_ulp_of_numpy_down_to_tiny_inputs(dtype):
+    tiny = np.finfo(dtype).tiny
+    magnitudes = np.concatenate([np.linspace(0, 30, 200_001), np.geomspace(tiny, 1, 2_000)])
+    x = np.concatenate([magnitudes, -magnitudes, [np.inf, -np.inf, np.nan, -0.0]]).astype(dtype)
+    z = x.copy()
+    kernels._tanh_row(z)
+    expected = np.tanh(x)
+    np.testing.assert_array_equal(np.isnan(z), np.isnan(expected))
+    np.testing.assert_array_equal(np.signbit(z), np.signbit(expected))  # -0.0 too
+    nonzero = np.isfinite(expected) & (expected != 0)
+    relative = np.abs(z[nonzero] - expected[nonzero]) / np.abs(expected[nonzero])
+    assert relative.max() <= 5 * np.finfo(dtype).eps
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_sigmoid_matches_reference(rng, dtype):
     Z = rng.normal(0, 5, (37, 19)).astype(dtype)
     out = np.empty_like(Z)
