@@ -262,7 +262,7 @@ class FullBatch:
     """
 
     def __init__(self, network: FastNetwork, X, labels, sparse: bool | None):
-        n_x, n_h, n_y = network.dims
+        _, n_h, n_y = network.dims
         m = X.shape[0]
         self.network = network
         self.X, self.labels = X, labels

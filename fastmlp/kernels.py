@@ -116,29 +116,43 @@ def _power_of_two(typingctx, n, like):
 
 
 @kernel(reassociate=False)
+def _expm1_reduced(u, t, ln2_hi, ln2_lo):
+    """``(n, e**r - 1)`` with ``u = n ln 2 + r`` and ``|r| <= ln(2) / 2``, in
+    the float type ``t``. The polynomial has no constant term, so e**r - 1 is
+    exact to rounding even where it is tiny."""
+    n = np.floor(u * t(1.4426950408889634) + t(0.5))
+    r = (u - n * ln2_hi) - n * ln2_lo
+    q = t(_EXP_TAYLOR[12])
+    for k in range(11, 0, -1):
+        q = q * r + t(_EXP_TAYLOR[k])
+    return np.int64(n), q * r
+
+
+@kernel
+def _exp_range(z):
+    """``_EXP_RANGE_64`` or ``_EXP_RANGE_32``, in ``z``'s float type."""
+    t = z.dtype.type
+    hi, lo, low, high = _EXP_RANGE_64 if z.itemsize == 8 else _EXP_RANGE_32
+    return t(hi), t(lo), t(low), t(high)
+
+
+@kernel(reassociate=False)
 def _exp_row(z):
     """``z = exp(z)`` elementwise, in ``z``'s precision, to 2 units in the last
     place; inf and NaN where NumPy's exp gives them, and 0 where it is below
     the smallest normal number."""
     t = z.dtype.type
-    hi, lo, low, high = _EXP_RANGE_64 if z.itemsize == 8 else _EXP_RANGE_32
-    hi, lo, low, high = t(hi), t(lo), t(low), t(high)
-    inv_ln2, half, zero = t(1.4426950408889634), t(0.5), t(0)
+    hi, lo, low, high = _exp_range(z)
+    one, zero = t(1), t(0)
     for i in range(z.size):
         x = z[i]
         # Clamped, so that no step makes a subnormal number (which costs the
         # processor a slow assist each); comparisons with NaN are false.
-        c = high if x > high else (low if x < low else x)
-        n = np.floor(c * inv_ln2 + half)
-        r = (c - n * hi) - n * lo
-        p = t(_EXP_TAYLOR[12])
-        for k in range(11, -1, -1):
-            p = p * r + t(_EXP_TAYLOR[k])
+        n, expm1_r = _expm1_reduced(high if x > high else (low if x < low else x), t, hi, lo)
         # 2**n in two halves, each a normal number for any n here: their
         # product overflows to inf where exp(x) does.
-        k = np.int64(n)
-        k_half = k >> 1
-        y = p * _power_of_two(k_half, x) * _power_of_two(k - k_half, x)
+        n_half = n >> 1
+        y = (one + expm1_r) * _power_of_two(n_half, x) * _power_of_two(n - n_half, x)
         z[i] = x if x != x else (zero if x < low else y)
 
 
@@ -146,24 +160,18 @@ def _exp_row(z):
 def _tanh_row(z):
     """``z = tanh(z)`` elementwise, in ``z``'s precision, to a few units in the
     last place: with ``u = 2|z|``, tanh = (e**u - 1) / (e**u + 1), where
-    e**u - 1 = 2**n (e**r - 1) + (2**n - 1) and the polynomial for e**r - 1
-    has no constant term, so nothing cancels when ``z`` is small."""
+    e**u - 1 = 2**n (e**r - 1) + (2**n - 1) needs no subtraction of nearly
+    equal numbers when ``z`` is small."""
     t = z.dtype.type
-    hi, lo, _, _ = _EXP_RANGE_64 if z.itemsize == 8 else _EXP_RANGE_32
-    hi, lo = t(hi), t(lo)
-    inv_ln2, half, one, two = t(1.4426950408889634), t(0.5), t(1), t(2)
+    hi, lo, _, _ = _exp_range(z)
+    one, two = t(1), t(2)
     limit = t(20)  # tanh(20) rounds to 1 in both precisions
     for i in range(z.size):
         x = z[i]
         a = abs(x)
-        u = two * (limit if a > limit else a)
-        n = np.floor(u * inv_ln2 + half)
-        r = (u - n * hi) - n * lo
-        q = t(_EXP_TAYLOR[12])
-        for k in range(11, 0, -1):
-            q = q * r + t(_EXP_TAYLOR[k])
-        scale = _power_of_two(np.int64(n), x)
-        expm1 = scale * (q * r) + (scale - one)
+        n, expm1_r = _expm1_reduced(two * (limit if a > limit else a), t, hi, lo)
+        scale = _power_of_two(n, x)
+        expm1 = scale * expm1_r + (scale - one)
         z[i] = x if x != x else np.copysign(expm1 / (expm1 + two), x)
 
 
@@ -557,6 +565,7 @@ def backward(
     """
     m = rows.size
     inv_m = W1.dtype.type(1.0 / m)
+    penalty = W1.dtype.type(l2 / m)
     for c in prange(N_CHUNKS):
         partial[c] = 0
         partial_loss[c] = 0.0
@@ -592,7 +601,7 @@ def backward(
                         _add_scaled(dW1[k], x[k], dz1)
         if l2 > 0:
             for k in range(k0, k1):
-                _add_scaled(dW1[k], W1.dtype.type(l2 / m), W1[k])
+                _add_scaled(dW1[k], penalty, W1[k])
     return loss
 
 
