@@ -123,36 +123,42 @@ def _work(capacity: int, n_h: int, n_y: int, dtype):
     )
 
 
-def _empty_nonzeros(dtype, n_x: int = 0, mask_rows: int = 0, chunks: int = 0):
-    index = np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0, dtype)
+def _column_dtype(n_x: int):
+    """The smallest unsigned integer type that numbers ``n_x`` columns: the
+    lists of nonzero columns are the largest arrays a full batch keeps."""
+    return np.uint16 if n_x <= 1 << 16 else np.uint32
+
+
+def _empty_nonzeros(n_x: int, mask_rows: int = 0, chunks: int = 0):
+    columns = _column_dtype(n_x)
     return kernels.Nonzeros(
-        np.empty((mask_rows, -(-n_x // 64)), np.uint64),
-        (np.empty((chunks, n_x), np.uint32), np.empty((chunks, n_x), dtype)),
-        index,
-        index,
+        np.empty((mask_rows, -(-n_x // 64) if mask_rows else 0), np.uint64),
+        np.empty((chunks, n_x if chunks else 0), columns),
+        (np.empty(0, np.int64), np.empty(0, columns)),
+        (np.empty(0, np.int64), np.empty(0, np.uint32)),
     )
 
 
-def dense_input(dtype) -> kernels.Nonzeros:
+def dense_input(n_x: int) -> kernels.Nonzeros:
     """The :class:`kernels.Nonzeros` that tells the kernels to read the input as it is."""
-    return _empty_nonzeros(dtype)
+    return _empty_nonzeros(n_x)
 
 
-def batch_input(capacity: int, n_x: int, dtype) -> kernels.Nonzeros:
+def batch_input(capacity: int, n_x: int) -> kernels.Nonzeros:
     """Room to mark the nonzeros of each mini-batch of up to ``capacity`` examples."""
-    return _empty_nonzeros(dtype, n_x, capacity, kernels.N_CHUNKS)
+    return _empty_nonzeros(n_x, capacity, kernels.N_CHUNKS)
 
 
 def prepared_input(X) -> kernels.Nonzeros:
-    """The nonzeros of ``X`` by example and by feature, for repeated steps on
-    all of ``X``."""
+    """Where the nonzeros of ``X`` are, by example and by feature, for
+    repeated steps on all of ``X``."""
     m, n_x = X.shape
     nnz = int(np.count_nonzero(X))
-    csr = np.empty(m + 1, np.int64), np.empty(nnz + 1, np.int32), np.empty(nnz + 1, X.dtype)
-    csc = np.empty(n_x + 1, np.int64), np.empty(nnz + 1, np.int32), np.empty(nnz + 1, X.dtype)
-    kernels.compress_rows(X, np.arange(m), *csr)
-    kernels.transpose_sparse(*csr, n_x, *csc)
-    return _empty_nonzeros(X.dtype)._replace(csr=csr, csc=csc)
+    csr = np.empty(m + 1, np.int64), np.empty(nnz + 1, _column_dtype(n_x))
+    csc = np.empty(n_x + 1, np.int64), np.empty(nnz, np.uint32)
+    kernels.compress_rows(X, *csr)
+    kernels.transpose_sparse(*csr, *csc)
+    return _empty_nonzeros(n_x)._replace(csr=csr, csc=csc)
 
 
 class FastNetwork:
@@ -174,7 +180,7 @@ class FastNetwork:
         self.activation = activation
         self._code = kernels.ACTIVATIONS[activation]
         self._epoch_buffers = {}
-        self._dense = dense_input(theta.dtype)
+        self._dense = dense_input(n_x)
 
     @property
     def dtype(self):
@@ -199,7 +205,7 @@ class FastNetwork:
         m = X.shape[0]
         size = min(m, PREDICT_CHUNK)
         A1, A2 = np.empty((size, n_h), self.dtype), np.empty((m, n_y), self.dtype)
-        nonzeros = batch_input(size, n_x, self.dtype) if is_sparse(X) else self._dense
+        nonzeros = batch_input(size, n_x) if is_sparse(X) else self._dense
         for start in range(0, m, size):
             rows = np.arange(start, min(m, start + size))
             if nonzeros.mask.shape[0] > 0:
@@ -232,7 +238,7 @@ class FastNetwork:
         if key not in self._epoch_buffers:
             n_x, n_h, n_y = self.dims
             work = _work(batch_size, n_h, n_y, self.dtype)
-            nonzeros = batch_input(batch_size, n_x, self.dtype) if sparse else self._dense
+            nonzeros = batch_input(batch_size, n_x) if sparse else self._dense
             self._epoch_buffers = {key: (work, nonzeros)}
         work, nonzeros = self._epoch_buffers[key]
         return self._train_epoch(X, labels, order, batch_size, optimizer, work, nonzeros)

@@ -288,19 +288,20 @@ def _add_rows(out, weights, M):
 
 
 @kernel
-def _add_gathered_rows(out, weights, M, index):
-    """``out += sum_p weights[p] * M[index[p]]``: the sparse form of ``_add_rows``."""
-    n = weights.size
+def _add_selected_rows(out, x, M, columns):
+    """``out += sum_{k in columns} x[k] * M[k]``: ``_add_rows`` over the
+    entries ``columns`` of ``x`` alone (its nonzeros)."""
+    n = columns.size
     p = 0
     while p + 4 <= n:
-        x0, x1, x2, x3 = weights[p], weights[p + 1], weights[p + 2], weights[p + 3]
-        m0, m1 = M[index[p]], M[index[p + 1]]
-        m2, m3 = M[index[p + 2]], M[index[p + 3]]
+        k0, k1, k2, k3 = columns[p], columns[p + 1], columns[p + 2], columns[p + 3]
+        x0, x1, x2, x3 = x[k0], x[k1], x[k2], x[k3]
+        m0, m1, m2, m3 = M[k0], M[k1], M[k2], M[k3]
         for h in range(out.size):
             out[h] += (x0 * m0[h] + x1 * m1[h]) + (x2 * m2[h] + x3 * m3[h])
         p += 4
     while p < n:
-        _add_scaled(out, weights[p], M[index[p]])
+        _add_scaled(out, x[columns[p]], M[columns[p]])
         p += 1
 
 
@@ -313,19 +314,21 @@ class Nonzeros(NamedTuple):
     Two forms, for two uses; arrays of a form not in use are empty, and all
     empty means a dense input (the first layer reads ``X`` as it is).
 
-    ``mask`` and ``scratch``: for mini-batches, made anew for each batch.
+    ``mask`` and ``columns``: for mini-batches, made anew for each batch.
         ``mask`` (batch size x ``ceil(n_x / 64)``, ``uint64``) is filled by
-        :func:`nonzero_mask`; ``scratch = (columns, values)`` (``N_CHUNKS``
-        x ``n_x`` each, ``uint32`` and the data's dtype) holds one row's
-        nonzeros at a time.
+        :func:`nonzero_mask`; ``columns`` (``N_CHUNKS`` x ``n_x``) is
+        scratch that lists one row's nonzeros at a time.
     ``csr`` and ``csc``: for full batches, made once and read by every step.
-        The nonzeros by example, ``(indptr, indices, values)`` from
-        :func:`compress_rows`, and by feature, ``(colptr, rowidx,
-        colvalues)`` from :func:`transpose_sparse`.
+        Where the nonzeros are, by example, ``(indptr, indices)`` from
+        :func:`compress_rows`, and by feature, ``(colptr, rowidx)`` from
+        :func:`transpose_sparse`; the values are read from ``X`` itself.
+
+    Column numbers (``columns`` and ``csr``'s ``indices``) share one unsigned
+    integer type, the smallest that numbers the inputs.
     """
 
     mask: np.ndarray
-    scratch: tuple
+    columns: np.ndarray
     csr: tuple
     csc: tuple
 
@@ -361,43 +364,41 @@ def nonzero_mask(X, rows, mask):
 
 
 @kernel
-def _list_nonzeros(x, mask_row, columns, values):
-    """Write the columns that ``mask_row`` marks, and ``x`` there, into
-    ``columns`` and ``values`` in increasing order; return how many."""
+def _marked_columns(mask_row, columns):
+    """Write the columns that one row of a mask marks into ``columns``, in
+    increasing order; return how many there are."""
     n = 0
     for w in range(mask_row.size):
         bits = mask_row[w]
         while bits:
-            k = 64 * w + np.int64(_trailing_zeros(bits))
-            columns[n] = k
-            values[n] = x[k]
+            columns[n] = np.uint64(64 * w) + _trailing_zeros(bits)
             bits &= bits - np.uint64(1)  # clear the lowest set bit
             n += 1
     return n
 
 
 @kernel
-def compress_rows(X, rows, indptr, indices, values):
-    """Write the nonzeros of ``X[rows]`` in CSR form; return how many there are.
-
-    ``indices`` and ``values`` need room for the nonzeros and one more entry.
-    """
+def compress_rows(X, indptr, indices):
+    """Write the columns of the nonzeros of each row of ``X`` in CSR form;
+    return how many there are. ``indices`` needs room for one more entry."""
     n = 0
     indptr[0] = 0
-    for r in range(rows.size):
-        x = X[rows[r]]
+    for r in range(X.shape[0]):
+        x = X[r]
         for k in range(x.size):
             # Branch-free: always write, advance only past a nonzero.
             indices[n] = k
-            values[n] = x[k]
             n += x[k] != 0
         indptr[r + 1] = n
     return n
 
 
 @kernel
-def transpose_sparse(indptr, indices, values, n_cols, colptr, rowidx, colvalues):
-    """CSR to CSC: the same nonzeros, grouped by column, rows in increasing order."""
+def transpose_sparse(indptr, indices, colptr, rowidx):
+    """The positions listed by :func:`compress_rows`, grouped by column with
+    rows in increasing order: CSC form. ``colptr`` has one entry per column,
+    and one more."""
+    n_cols = colptr.size - 1
     colptr[:] = 0
     for p in range(indptr[-1]):
         colptr[indices[p] + 1] += 1
@@ -407,10 +408,8 @@ def transpose_sparse(indptr, indices, values, n_cols, colptr, rowidx, colvalues)
     for r in range(indptr.size - 1):
         for p in range(indptr[r], indptr[r + 1]):
             k = indices[p]
-            q = colptr[k]
-            rowidx[q] = r
-            colvalues[q] = values[p]
-            colptr[k] = q + 1
+            rowidx[colptr[k]] = r
+            colptr[k] += 1
     for k in range(n_cols, 0, -1):
         colptr[k] = colptr[k - 1]
     colptr[0] = 0
@@ -447,18 +446,17 @@ def forward(X, rows, nonzeros, W1, b1, W2, b2, activation, A1, A2):
     per example; nothing else is stored. ``nonzeros`` (a :class:`Nonzeros`
     of ``X[rows]``) lets the first layer skip the zeros.
     """
-    mask, (columns, values), (indptr, indices, csr_values), _ = nonzeros
+    mask, columns, (indptr, indices), _ = nonzeros
     m = rows.size
     for c in prange(N_CHUNKS):
         for r in range(c * m // N_CHUNKS, (c + 1) * m // N_CHUNKS):
             x, a1 = X[rows[r]], A1[r]
             _copy(b1, a1)
             if mask.shape[0] > 0:
-                n = _list_nonzeros(x, mask[r], columns[c], values[c])
-                _add_gathered_rows(a1, values[c][:n], W1, columns[c][:n])
+                n = _marked_columns(mask[r], columns[c])
+                _add_selected_rows(a1, x, W1, columns[c][:n])
             elif indptr.size > 0:
-                lo, hi = indptr[r], indptr[r + 1]
-                _add_gathered_rows(a1, csr_values[lo:hi], W1, indices[lo:hi])
+                _add_selected_rows(a1, x, W1, indices[indptr[r] : indptr[r + 1]])
             else:
                 _add_rows(a1, x, W1)
             _output_layer(a1, activation, W2, b2, A2[r])
@@ -577,15 +575,15 @@ def backward(
     # dW1 = X.T @ dZ1. Blocks of 16 features own their rows of dW1 and add the
     # examples in order, so the thread count never changes a sum. A block
     # lies within one 64-bit word of the mask.
-    mask, _, _, (colptr, rowidx, colvalues) = nonzeros
+    mask, _, _, (colptr, rowidx) = nonzeros
     n_x = W1.shape[0]
     for block in prange((n_x + 15) // 16):
         k0, k1 = block * 16, min(n_x, block * 16 + 16)
         dW1[k0:k1] = 0
         if colptr.size > 0:
+            # Prepared for a full batch: rows[r] is r, so X[:, k] is the column.
             for k in range(k0, k1):
-                lo, hi = colptr[k], colptr[k + 1]
-                _add_gathered_rows(dW1[k], colvalues[lo:hi], A1, rowidx[lo:hi])
+                _add_selected_rows(dW1[k], X[:, k], A1, rowidx[colptr[k] : colptr[k + 1]])
         else:
             word, shift = k0 // 64, np.uint64(k0 % 64)
             for r in range(m):

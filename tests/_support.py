@@ -67,10 +67,10 @@ def input_nonzeros(X, form):
     if form == "prepared":
         return engine.prepared_input(X)
     if form == "mask":
-        nonzeros = engine.batch_input(len(X), X.shape[1], X.dtype)
+        nonzeros = engine.batch_input(len(X), X.shape[1])
         kernels.nonzero_mask(X, np.arange(len(X)), nonzeros.mask)
         return nonzeros
-    return engine.dense_input(X.dtype)
+    return engine.dense_input(X.shape[1])
 
 
 def loss_function(X, y, n_h, n_y, activation, l2):
@@ -81,7 +81,7 @@ def loss_function(X, y, n_h, n_y, activation, l2):
     n_x = X.shape[1]
     code = kernels.ACTIVATIONS[activation]
     rows = np.arange(len(y))
-    dense = engine.dense_input(X.dtype)
+    dense = engine.dense_input(X.shape[1])
     A1, A2, partial, partial_loss = engine._work(len(y), n_h, n_y, np.float64)
 
     def f(theta):
