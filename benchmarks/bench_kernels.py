@@ -82,6 +82,7 @@ def bench_backward(benchmark, setup, implementation):
                 batch.rows,
                 batch.nonzeros,
                 y,
+                batch.weights,
                 W1,
                 W2,
                 0,

@@ -48,6 +48,13 @@ def notebook_params(theta, n_x: int, n_h: int, n_y: int):
     )
 
 
+def _example_weights(weights):
+    """Weights as the kernels take them: float64, or empty for none."""
+    if weights is None:
+        return np.empty(0, np.float64)
+    return np.ascontiguousarray(weights, dtype=np.float64)
+
+
 def is_sparse(X) -> bool:
     """Whether ``X`` has few enough nonzeros for the sparse first layer."""
     sample = X[:: max(1, len(X) // DENSITY_SAMPLE)]
@@ -222,15 +229,27 @@ class FastNetwork:
             )
         return A2
 
-    def full_batch(self, X, labels, sparse: bool | None = None) -> FullBatch:
+    def full_batch(self, X, labels, sparse: bool | None = None, weights=None) -> FullBatch:
         """Prepare repeated steps on all of ``X`` (full-batch gradient descent);
-        ``sparse`` forces the first layer's kernels, else ``X``'s density decides."""
-        return FullBatch(self, X, labels, sparse)
+        ``sparse`` forces the first layer's kernels, else ``X``'s density decides.
+        ``weights`` (one per example) make the loss a weighted mean."""
+        return FullBatch(self, X, labels, sparse, weights)
 
-    def epoch(self, X, labels, order, batch_size: int, optimizer: Optimizer, sparse: bool):
+    def epoch(
+        self,
+        X,
+        labels,
+        order,
+        batch_size: int,
+        optimizer: Optimizer,
+        sparse: bool,
+        weights=None,
+    ):
         """One epoch of mini-batch training over ``order``.
 
-        ``sparse`` chooses the first layer's kernels (see :func:`is_sparse`).
+        ``sparse`` chooses the first layer's kernels (see :func:`is_sparse`);
+        ``weights`` (one per example of ``X``) make each batch's loss a
+        weighted mean.
         Returns the sum of batch losses times batch sizes, and the index of
         the batch that produced a non-finite loss or gradient (the epoch stops
         there, with the parameters as they were before it), or -1.
@@ -242,12 +261,14 @@ class FastNetwork:
             nonzeros = batch_input(batch_size, n_x) if sparse else self._dense
             self._epoch_buffers = {key: (work, nonzeros)}
         work, nonzeros = self._epoch_buffers[key]
-        return self._train_epoch(X, labels, order, batch_size, optimizer, work, nonzeros)
+        weights = _example_weights(weights)
+        return self._train_epoch(X, labels, weights, order, batch_size, optimizer, work, nonzeros)
 
-    def _train_epoch(self, X, labels, order, batch_size, optimizer, work, nonzeros):
+    def _train_epoch(self, X, labels, weights, order, batch_size, optimizer, work, nonzeros):
         total, failed = kernels.train_epoch(
             X,
             labels,
+            weights,
             order,
             batch_size,
             self.theta,
@@ -268,11 +289,12 @@ class FullBatch:
     backward pass), and reused by every step.
     """
 
-    def __init__(self, network: FastNetwork, X, labels, sparse: bool | None):
+    def __init__(self, network: FastNetwork, X, labels, sparse: bool | None, weights=None):
         _, n_h, n_y = network.dims
         m = X.shape[0]
         self.network = network
         self.X, self.labels = X, labels
+        self.weights = _example_weights(weights)
         self.rows = np.arange(m)
         self.work = _work(m, n_h, n_y, network.dtype)
         if sparse is None:
@@ -286,6 +308,7 @@ class FullBatch:
         total, failed = self.network._train_epoch(
             self.X,
             self.labels,
+            self.weights,
             self.rows,
             m,
             optimizer,

@@ -11,7 +11,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from . import kernels
 from ._validation import resolve_dtype
@@ -162,13 +162,19 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
         self.init = init
 
     # ---- public API ------------------------------------------------------------
-    def fit(self, X, y):
-        """Fit the network to ``X`` and labels ``y``; returns ``self``."""
-        return self._fit(X, y, incremental=False)
+    def fit(self, X, y, sample_weight=None):
+        """Fit the network to ``X`` and labels ``y``; returns ``self``.
 
-    def partial_fit(self, X, y, classes=None):
-        """One epoch on ``X, y``. The first call needs ``classes``, every label
-        that will ever be seen (as in scikit-learn); returns ``self``."""
+        ``sample_weight`` (one per sample) makes each batch's loss a weighted
+        mean, as in scikit-learn; a weight of 2 counts a sample twice in its
+        batch. With early stopping the validation score is weighted too.
+        """
+        return self._fit(X, y, sample_weight, incremental=False)
+
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
+        """One epoch on ``X, y`` (weighted by ``sample_weight``, as in
+        :meth:`fit`). The first call needs ``classes``, every label that will
+        ever be seen (as in scikit-learn); returns ``self``."""
         first = not hasattr(self, "classes_")
         if first and classes is None:
             raise ValueError("classes must be passed on the first call to partial_fit")
@@ -179,7 +185,7 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
                     f"classes={classes!r} is not the same as on the first call to "
                     f"partial_fit: {self.classes_!r}"
                 )
-        return self._fit(X, y, incremental=True, classes=classes)
+        return self._fit(X, y, sample_weight, incremental=True, classes=classes)
 
     def predict_proba(self, X) -> np.ndarray:
         """Probability of each class (columns follow ``classes_``)."""
@@ -252,7 +258,7 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
             resolve_dtype(self.dtype)
         return int(hidden)
 
-    def _fit(self, X, y, incremental, classes=None):
+    def _fit(self, X, y, sample_weight, incremental, classes=None):
         hidden = self._check_params()
         first = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
         if self.early_stopping and incremental:
@@ -264,6 +270,8 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
         X, y = validate_data(self, X, y, dtype=dtype, reset=first, order="C")
         check_classification_targets(y)
         X = np.ascontiguousarray(X)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
         labels = self._encode_labels(y, first, classes)
         self._random_state = check_random_state(self.random_state)
         if first:
@@ -275,7 +283,7 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
             )
         if not incremental or not hasattr(self, "_optimizer"):
             self._optimizer = self._make_optimizer()
-        self._train(X, labels, incremental)
+        self._train(X, labels, sample_weight, incremental)
         return self
 
     def _encode_labels(self, y, first, classes):
@@ -375,19 +383,22 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
             l2=self.alpha,
         )
 
-    def _train(self, X, labels, incremental):
-        X_val = labels_val = None
+    def _train(self, X, labels, weights, incremental):
+        X_val = labels_val = weights_val = None
         if self.early_stopping:
             # Split as scikit-learn does (stratified only with one output), so
             # that the same random_state holds out the same samples.
             stratify = labels.reshape(-1, 1).astype(bool) if self.n_outputs_ == 1 else None
-            X, X_val, labels, labels_val = train_test_split(
-                X,
-                labels,
+            arrays = (X, labels) if weights is None else (X, labels, weights)
+            parts = train_test_split(
+                *arrays,
                 random_state=self._random_state,
                 test_size=self.validation_fraction,
                 stratify=stratify,
             )
+            X, X_val, labels, labels_val = parts[:4]
+            if weights is not None:
+                weights, weights_val = parts[4:]
             X = np.ascontiguousarray(X)
             if len(labels_val) < 2:
                 raise ValueError(
@@ -398,7 +409,7 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
         n = len(labels)
         network, optimizer = self._network, self._optimizer
         if self.solver == "gd":
-            batch_size, full_batch = n, network.full_batch(X, labels)
+            batch_size, full_batch = n, network.full_batch(X, labels, weights=weights)
         else:
             full_batch = None
             batch_size = min(200, n) if self.batch_size == "auto" else self.batch_size
@@ -418,7 +429,9 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
             else:
                 if self.shuffle:
                     self._random_state.shuffle(order)
-                total, failed = network.epoch(X, labels, order, batch_size, optimizer, sparse)
+                total, failed = network.epoch(
+                    X, labels, order, batch_size, optimizer, sparse, weights
+                )
                 finite, loss = failed < 0, total / n
             if not finite:
                 network.theta[:] = before
@@ -434,7 +447,7 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
             self.loss_curve_.append(loss)
             if self.verbose:
                 print(f"Iteration {self.n_iter_}, loss = {loss:.8f}")
-            self._update_no_improvement_count(X_val, labels_val)
+            self._update_no_improvement_count(X_val, labels_val, weights_val)
             if self.solver != "adam" and self.learning_rate == "invscaling":
                 optimizer.learning_rate = self.learning_rate_init / (self.t_ + 1) ** self.power_t
             if self._no_improvement_count > self.n_iter_no_change:
@@ -473,9 +486,10 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
             print(msg + f" Setting learning rate to {optimizer.learning_rate:f}")
         return False
 
-    def _update_no_improvement_count(self, X_val, labels_val):
+    def _update_no_improvement_count(self, X_val, labels_val, weights_val):
         if self.early_stopping:
-            score = float(np.mean(class_indices(self._network.output(X_val)) == labels_val))
+            correct = class_indices(self._network.output(X_val)) == labels_val
+            score = float(np.average(correct, weights=weights_val))
             self.validation_scores_.append(score)
             if self.verbose:
                 print(f"Validation score: {score:f}")

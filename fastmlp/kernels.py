@@ -486,14 +486,16 @@ def _output_delta_row(a2, label):
 
 
 @kernel
-def _backprop_row(label, W2, activation, a1, dz2, sums, inv_m):
+def _backprop_row(label, W2, activation, a1, dz2, sums, share):
     """One example's share of the backward pass; returns its loss.
 
-    Turns ``dz2 = a2`` into ``(A2 - Y) / m`` and ``a1`` into ``dZ1 / m``, and
-    adds the example's terms into ``sums``: ``dW2`` (``n_y*n_h``), ``db2``
-    (``n_y``), ``db1`` (``n_h``), followed by ``n_h`` entries of scratch.
-    Dividing by ``m`` here, once per example, makes every sum a mean as it
-    is added, so no pass over the gradients is needed afterwards.
+    ``share`` is the example's weight over the batch's total weight (``1/m``
+    unweighted). Turns ``dz2 = a2`` into ``share (A2 - Y)`` and ``a1`` into
+    ``share dZ1``, and adds the example's terms into ``sums``: ``dW2``
+    (``n_y*n_h``), ``db2`` (``n_y``), ``db1`` (``n_h``), followed by ``n_h``
+    entries of scratch. Scaling here, once per example, makes every sum a
+    (weighted) mean as it is added, so no pass over the gradients is needed
+    afterwards.
     """
     n_y, n_h = W2.shape
     dW2 = sums[: n_y * n_h].reshape((n_y, n_h))
@@ -502,7 +504,7 @@ def _backprop_row(label, W2, activation, a1, dz2, sums, inv_m):
     back = sums[n_y * n_h + n_y + n_h :]
     loss = _output_delta_row(dz2, label)
     for o in range(n_y):
-        dz2[o] *= inv_m
+        dz2[o] *= share
     for o in range(n_y):
         db2[o] += dz2[o]
         g, d = dW2[o], dz2[o]
@@ -528,9 +530,9 @@ def _sum_of_squares(M):
 
 
 @kernel
-def _add_chunks(partial, partial_loss, m, W1, W2, l2, dW2, db2, db1):
+def _add_chunks(partial, partial_loss, total, W1, W2, l2, dW2, db2, db1):
     """Add the chunks' sums in order into ``dW2, db2, db1``, add the L2 term
-    to ``dW2`` and return the loss."""
+    to ``dW2`` and return the loss; ``total`` is the batch's total weight."""
     k, n_y, n_h = W2.size, W2.shape[0], W2.shape[1]
     gW2 = dW2.reshape(k)
     gW2[:] = 0
@@ -541,20 +543,52 @@ def _add_chunks(partial, partial_loss, m, W1, W2, l2, dW2, db2, db1):
         gW2 += sums[:k]
         db2 += sums[k : k + n_y]
         db1 += sums[k + n_y : k + n_y + n_h]
-    loss = partial_loss.sum() / m
+    if total == 0:
+        return 0.0
+    loss = partial_loss.sum() / total
     if l2 > 0:
-        _add_scaled(gW2, W2.dtype.type(l2 / m), W2.reshape(k))
-        loss += 0.5 * l2 * (_sum_of_squares(W1) + _sum_of_squares(W2)) / m
+        _add_scaled(gW2, W2.dtype.type(l2 / total), W2.reshape(k))
+        loss += 0.5 * l2 * (_sum_of_squares(W1) + _sum_of_squares(W2)) / total
     return loss
+
+
+@kernel
+def _total_weight(weights, rows):
+    """The weight of the examples ``rows``: their count, without weights."""
+    if weights.size == 0:
+        return np.float64(rows.size)
+    total = 0.0
+    for r in range(rows.size):
+        total += weights[rows[r]]
+    return total
 
 
 @kernel(parallel=True)
 def backward(
-    X, rows, nonzeros, y, W1, W2, activation, l2, A1, A2, dW1, db1, dW2, db2, partial, partial_loss
+    X,
+    rows,
+    nonzeros,
+    y,
+    weights,
+    W1,
+    W2,
+    activation,
+    l2,
+    A1,
+    A2,
+    dW1,
+    db1,
+    dW2,
+    db2,
+    partial,
+    partial_loss,
 ):
     """All six gradients of the mean cross-entropy (plus ``l2/2m`` times the
     squared weights) for the examples ``X[rows]`` with labels ``y[rows]``.
 
+    With ``weights`` (one per example of ``X``, float64; empty for none) the
+    mean is weighted and ``m`` is the total weight of ``rows``, as in
+    scikit-learn's MLP; a batch of total weight 0 has no gradient and no loss.
     ``A1, A2`` come from :func:`forward` and are overwritten with ``dZ1 / m,
     dZ2 / m``.
     ``nonzeros`` is the :class:`Nonzeros` of ``X[rows]``.
@@ -562,16 +596,18 @@ def backward(
     (``N_CHUNKS``, float64) are scratch. Returns the loss.
     """
     m = rows.size
-    inv_m = W1.dtype.type(1.0 / m)
-    penalty = W1.dtype.type(l2 / m)
+    total = _total_weight(weights, rows)
+    inv_total = 1.0 / total if total != 0 else 0.0
+    penalty = W1.dtype.type(l2 / total if total != 0 else 0.0)
     for c in prange(N_CHUNKS):
         partial[c] = 0
         partial_loss[c] = 0.0
         for r in range(c * m // N_CHUNKS, (c + 1) * m // N_CHUNKS):
-            partial_loss[c] += _backprop_row(
-                y[rows[r]], W2, activation, A1[r], A2[r], partial[c], inv_m
-            )
-    loss = _add_chunks(partial, partial_loss, m, W1, W2, l2, dW2, db2, db1)
+            weight = 1.0 if weights.size == 0 else weights[rows[r]]
+            share = W1.dtype.type(weight * inv_total)
+            loss = _backprop_row(y[rows[r]], W2, activation, A1[r], A2[r], partial[c], share)
+            partial_loss[c] += weight * loss
+    loss = _add_chunks(partial, partial_loss, total, W1, W2, l2, dW2, db2, db1)
     # dW1 = X.T @ dZ1. Blocks of 16 features own their rows of dW1 and add the
     # examples in order, so the thread count never changes a sum. A block
     # lies within one 64-bit word of the mask.
@@ -690,8 +726,12 @@ def _update_if_finite(loss, theta, grads, optimizer):
 # Training: one entry point, so that a run compiles its loop once
 # --------------------------------------------------------------------------
 @kernel
-def train_epoch(X, y, order, batch_size, theta, grads, activation, optimizer, work, nonzeros):
+def train_epoch(
+    X, y, weights, order, batch_size, theta, grads, activation, optimizer, work, nonzeros
+):
     """One epoch: a forward pass, backward pass and update per batch of ``order``.
+
+    ``weights`` are the examples' weights (float64), or empty (see :func:`backward`).
 
     ``optimizer`` is ``(solver, hyper, state, step)``; ``work`` is ``(A1, A2,
     partial, partial_loss)`` with room for ``batch_size`` examples;
@@ -721,6 +761,7 @@ def train_epoch(X, y, order, batch_size, theta, grads, activation, optimizer, wo
             rows,
             nonzeros,
             y,
+            weights,
             W1,
             W2,
             activation,

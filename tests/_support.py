@@ -20,6 +20,9 @@ import pytest
 # entries that cancel to nearly zero.
 RTOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 2e-4}
 
+# What the kernels take for "no sample weights".
+NO_WEIGHTS = np.empty(0, np.float64)
+
 
 def assert_close(actual, expected, dtype=None):
     """Assert two arrays agree to the tolerance of ``dtype`` (default: theirs)."""
@@ -90,7 +93,20 @@ def loss_function(X, y, n_h, n_y, activation, l2):
         kernels.forward(X, rows, dense, W1, b1, W2, b2, code, A1, A2)
         gradients = kernels.unpack(grads, n_x, n_h, n_y)
         loss = kernels.backward(
-            X, rows, dense, y, W1, W2, code, l2, A1, A2, *gradients, partial, partial_loss
+            X,
+            rows,
+            dense,
+            y,
+            NO_WEIGHTS,
+            W1,
+            W2,
+            code,
+            l2,
+            A1,
+            A2,
+            *gradients,
+            partial,
+            partial_loss,
         )
         return loss, grads
 

@@ -80,6 +80,29 @@ def test_same_as_scikit_learn_at_equal_settings_on_digits(digits, solver):
     assert ours.best_loss_ == pytest.approx(theirs.best_loss_)
 
 
+@pytest.mark.parametrize(
+    "solver, early_stopping", [("adam", False), ("sgd", False), ("adam", True)]
+)
+def test_sample_weights_train_as_in_scikit_learn(digits, solver, early_stopping):
+    X_train, _, y_train, _ = digits
+    weights = np.random.default_rng(0).uniform(0, 3, len(y_train))
+    kwargs = settings(solver, max_iter=8, alpha=1e-2, early_stopping=early_stopping)
+    ours = FastMLPClassifier(**kwargs).fit(X_train, y_train, sample_weight=weights)
+    theirs = MLPClassifier(**kwargs).fit(X_train, y_train, sample_weight=weights)
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-9)
+    for a, b in zip(
+        ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_, strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-10)
+    if early_stopping:
+        np.testing.assert_allclose(ours.validation_scores_, theirs.validation_scores_)
+    else:  # partial_fit takes them as scikit-learn's does: before classes
+        classes = np.unique(y_train)
+        ours.partial_fit(X_train, y_train, weights, classes)
+        theirs.partial_fit(X_train, y_train, weights, classes)
+        assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-9)
+
+
 def test_same_accuracy_as_scikit_learn_on_real_mnist(mnist):
     """Train on 8,000 real MNIST digits, test on the other 2,000."""
     X_train, y_train, X_test, y_test = (

@@ -6,7 +6,15 @@ import numba
 import numpy as np
 import pytest
 import scipy.sparse
-from _support import DTYPES, FORMS, assert_close, input_nonzeros, loss_function, sparse_data
+from _support import (
+    DTYPES,
+    FORMS,
+    NO_WEIGHTS,
+    assert_close,
+    input_nonzeros,
+    loss_function,
+    sparse_data,
+)
 
 from fastmlp import engine, kernels, reference
 
@@ -176,7 +184,7 @@ def test_forward_and_backward_match_reference(rng, dtype, activation, form, n_y)
     grads = [np.empty_like(p) for p in (W1, b1, W2, b2)]
     partial, partial_loss = engine._work(m, n_h, n_y, dtype)[2:]
     loss = kernels.backward(
-        X, rows, nonzeros, y, W1, W2, code, l2, A1, A2, *grads, partial, partial_loss
+        X, rows, nonzeros, y, NO_WEIGHTS, W1, W2, code, l2, A1, A2, *grads, partial, partial_loss
     )
     Y = reference.one_hot(y, n_y).astype(dtype)
     expected = reference.backward(
@@ -191,6 +199,45 @@ def test_forward_and_backward_match_reference(rng, dtype, activation, form, n_y)
     assert_close(grads[2], expected[2])
     assert_close(grads[3], expected[3].ravel())
     assert_close(loss, expected_loss, dtype)
+
+
+def _gradients(X, y, weights, params, form, l2, activation="logistic"):
+    """Loss and gradients from the kernels' forward and backward passes."""
+    W1, b1, W2, b2 = params
+    m, (n_h, n_y) = len(y), W2.T.shape
+    rows, code = np.arange(m), kernels.ACTIVATIONS[activation]
+    nonzeros = input_nonzeros(X, form)
+    A1, A2, partial, partial_loss = engine._work(m, n_h, n_y, X.dtype)
+    kernels.forward(X, rows, nonzeros, W1, b1, W2, b2, code, A1, A2)
+    grads = [np.empty_like(p) for p in params]
+    loss = kernels.backward(
+        X, rows, nonzeros, y, weights, W1, W2, code, l2, A1, A2, *grads, partial, partial_loss
+    )
+    return loss, grads
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("form", FORMS)
+def test_integer_weights_count_examples_that_many_times(rng, dtype, form):
+    m, n_x, n_h, n_y, l2 = 61, 70, 12, 3, 0.2
+    X, y = sparse_data(rng, m, n_x, n_y, dtype)
+    params = kernel_layout(*make_network(rng, n_x, n_h, n_y, dtype))
+    weights = rng.integers(0, 4, m).astype(np.float64)  # zeros included
+
+    loss, grads = _gradients(X, y, weights, params, form, l2)
+    repeated = np.repeat(np.arange(m), weights.astype(int))
+    expected_loss, expected = _gradients(X[repeated], y[repeated], NO_WEIGHTS, params, form, l2)
+    for actual, wanted in zip(grads, expected, strict=True):
+        assert_close(actual, wanted)
+    assert_close(loss, expected_loss, dtype)
+
+
+def test_a_batch_of_weight_zero_has_no_gradient_and_no_loss(rng):
+    X, y = sparse_data(rng, 20, 30, 3, np.float64)
+    params = kernel_layout(*make_network(rng, 30, 8, 3, np.float64))
+    loss, grads = _gradients(X, y, np.zeros(20), params, "dense", l2=0.5)
+    assert loss == 0
+    assert all(not g.any() for g in grads)
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
@@ -336,17 +383,11 @@ def test_inputs_wider_than_16_bit_column_numbers(rng, form):
     X[:, :5] = rng.random((m, 5))
     y = rng.integers(0, n_y, m)
     params = make_network(rng, n_x, n_h, n_y, np.float64)
-    W1, b1, W2, b2 = kernel_layout(*params)
     nonzeros = input_nonzeros(X, form)
     assert nonzeros.columns.dtype == nonzeros.csr[1].dtype == np.uint32
-    A1, A2, partial, partial_loss = engine._work(m, n_h, n_y, np.float64)
-    kernels.forward(X, np.arange(m), nonzeros, W1, b1, W2, b2, 0, A1, A2)
-    assert_close(A2, reference.forward(*params, X.T)[3].T)
-    grads = [np.empty_like(p) for p in (W1, b1, W2, b2)]
-    kernels.backward(
-        X, np.arange(m), nonzeros, y, W1, W2, 0, 0.0, A1, A2, *grads, partial, partial_loss
-    )
+    _, grads = _gradients(X, y, NO_WEIGHTS, kernel_layout(*params), form, l2=0.0)
     Z1, A1_ref, Z2, A2_ref = reference.forward(*params, X.T)
     Y = reference.one_hot(y, n_y).astype(np.float64)
     expected = reference.backward(Z1, A1_ref, Z2, A2_ref, params[0], params[2], X.T, Y)
+    assert_close(grads[2], expected[2])  # through the forward pass's A1 and A2
     assert_close(grads[0], expected[0].T)

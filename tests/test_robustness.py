@@ -11,7 +11,16 @@ import zipfile
 import numpy as np
 import pytest
 import scipy.sparse
-from _support import DTYPES, FORMS, RTOL, assert_close, input_nonzeros, loss_function, sparse_data
+from _support import (
+    DTYPES,
+    FORMS,
+    NO_WEIGHTS,
+    RTOL,
+    assert_close,
+    input_nonzeros,
+    loss_function,
+    sparse_data,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -92,6 +101,21 @@ BAD_INPUTS = {
         ),
         ValueError,
         "y has labels not in classes_",
+    ),
+    "weights-length": (
+        lambda: FastMLPClassifier(max_iter=1).fit(X10, y10, sample_weight=np.ones(9)),
+        ValueError,
+        "sample_weight.shape == (9,), expected (10,)",
+    ),
+    "weights-nan": (
+        lambda: FastMLPClassifier(max_iter=1).fit(X10, y10, sample_weight=np.full(10, np.nan)),
+        ValueError,
+        "sample_weight contains NaN",
+    ),
+    "weights-zero": (
+        lambda: FastMLPClassifier(max_iter=1).fit(X10, y10, sample_weight=np.zeros(10)),
+        ValueError,
+        "at least one non-zero",
     ),
     "hidden-0": (
         lambda: fastmlp.train(X10, y10, hidden=0),
@@ -209,7 +233,7 @@ def test_loss_stays_finite_for_huge_logits(dtype):
         kernels.forward(X, rows, dense, W1, b1, W2, b2, kernels.LOGISTIC, A1, A2)
         grads = [np.empty_like(p) for p in (W1, b1, W2, b2)]
         loss = kernels.backward(
-            X, rows, dense, y, W1, W2, 0, 0.0, A1, A2, *grads, partial, partial_loss
+            X, rows, dense, y, NO_WEIGHTS, W1, W2, 0, 0.0, A1, A2, *grads, partial, partial_loss
         )
         reference_loss = ref.cross_entropy(
             ref.forward(W1.T, b1[:, None], W2, b2[:, None], X.T)[3], ref.one_hot(y, 2).astype(dtype)
@@ -290,7 +314,7 @@ def test_property_fast_and_reference_paths_agree(problem):
     assert_close(A2, A2_ref.T)
     grads = [np.empty_like(p) for p in (W1, b1, W2, b2)]
     loss = kernels.backward(
-        X, rows, nonzeros, y, W1, W2, code, 0.1, A1, A2, *grads, partial, partial_loss
+        X, rows, nonzeros, y, NO_WEIGHTS, W1, W2, code, 0.1, A1, A2, *grads, partial, partial_loss
     )
     Y = ref.one_hot(y, n_y).astype(dtype)
     expected = ref.backward(Z1, A1_ref, Z2, A2_ref, params[0], params[2], X.T, Y, activation, 0.1)
