@@ -30,6 +30,8 @@ Rules every kernel follows
   cold compile for an error message it never needs here.
 
 Every public kernel has a twin of the same name in :mod:`fastmlp.reference`.
+Sample weights, which only the estimator uses, have no twin there: the tests
+check them against repeated examples and against scikit-learn's MLP.
 """
 
 from __future__ import annotations
