@@ -17,6 +17,12 @@ Three switches, read from the environment when fastmlp is imported:
     own setting (``NUMBA_NUM_THREADS`` or ``numba.set_num_threads``). Results
     do not depend on it: every kernel splits its work so that each output
     element is summed in the same order whatever the number of threads.
+``FASTMLP_NOALIAS`` (default ``1``)
+    Let the kernels that declare it (``kernel(noalias=True)``) promise LLVM
+    that their array arguments never overlap; see :func:`_noalias_supported`.
+
+A switch changes how kernels compile, and Numba's cache does not record it:
+after changing one, use a fresh ``NUMBA_CACHE_DIR`` (or ``FASTMLP_CACHE=0``).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import warnings
 
 from numba import njit
 
-__all__ = ["CACHE", "FASTMATH", "PARALLEL", "kernel"]
+__all__ = ["CACHE", "FASTMATH", "NOALIAS", "PARALLEL", "kernel"]
 
 
 def _env_flag(name: str, default: bool) -> bool:
@@ -45,14 +51,45 @@ FASTMATH = (
 )
 
 
-def kernel(function=None, *, parallel: bool = False, reassociate: bool = True):
+def _noalias_supported() -> bool:
+    """Teach Numba's ``@njit`` a ``noalias`` option; return whether it could.
+
+    With ``noalias``, LLVM may assume that no two array arguments of the
+    function overlap. Without it, LLVM guards every vectorised loop with
+    run-time overlap checks, and for the loops over one row of 64 hidden
+    units these checks cost about as much as the arithmetic (the sparse first
+    layer is 25% faster in float32 without them). Numba's compiler has the
+    flag - its parallel loops set it when they prove their arrays distinct -
+    but its decorators do not take it, so this maps a decorator option onto
+    the flag. A Numba without the flag compiles the kernels without it: they
+    stay correct, only slower.
+    """
+    try:
+        from numba.core import compiler, cpu, options
+    except ImportError:  # pragma: no cover - a Numba that moved its internals
+        return False
+    if not isinstance(getattr(compiler.Flags, "noalias", None), property):
+        return False  # pragma: no cover
+    if not hasattr(cpu.CPUTargetOptions, "noalias"):
+        cpu.CPUTargetOptions.noalias = options.TargetOptions.Mapping("noalias")
+    return True
+
+
+NOALIAS = _env_flag("FASTMLP_NOALIAS", True) and _noalias_supported()
+
+
+def kernel(
+    function=None, *, parallel: bool = False, reassociate: bool = True, noalias: bool = False
+):
     """Compile ``function`` with fastmlp's settings.
 
     Kernels release the GIL (``nogil``) so that several Python threads can
     train at once, and use NumPy's error model so that a division by zero
     gives inf instead of raising: kernels check finiteness where it matters.
     ``reassociate=False`` keeps the order of the function's own arithmetic,
-    for code whose accuracy depends on it.
+    for code whose accuracy depends on it. ``noalias=True`` declares that
+    no two array arguments of the function ever share memory: every caller
+    must keep that promise, or the results are undefined.
     """
 
     def compile_(fn):
@@ -62,6 +99,8 @@ def kernel(function=None, *, parallel: bool = False, reassociate: bool = True):
             error_model="numpy",
             parallel=parallel and PARALLEL,
         )
+        if noalias and NOALIAS:
+            options["noalias"] = True
         if CACHE:
             try:
                 return njit(cache=True, **options)(fn)

@@ -263,15 +263,19 @@ def softmax(Z, out):
 
 # --------------------------------------------------------------------------
 # Weighted sums of rows: the only place that touches W1 or X element by element
+#
+# ``out`` is always a row of another buffer than the rows it gains (A1 from W1
+# and X, dW1 from A1 and X), which these kernels declare (``noalias``) so that
+# their short loops run without run-time overlap checks.
 # --------------------------------------------------------------------------
-@kernel
+@kernel(noalias=True)
 def _add_scaled(out, x, v):
     """``out += x * v``."""
     for h in range(out.size):
         out[h] += x * v[h]
 
 
-@kernel
+@kernel(noalias=True)
 def _add_rows(out, weights, M):
     """``out += weights @ M``: add row ``k`` of ``M`` times ``weights[k]``."""
     n = weights.size
@@ -289,7 +293,7 @@ def _add_rows(out, weights, M):
         k += 1
 
 
-@kernel
+@kernel(noalias=True)
 def _add_selected_rows(out, x, M, columns):
     """``out += sum_{k in columns} x[k] * M[k]``: ``_add_rows`` over the
     entries ``columns`` of ``x`` alone (its nonzeros)."""

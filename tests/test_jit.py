@@ -58,6 +58,19 @@ def test_serial_kernels_give_the_same_model(tmp_path):
     np.testing.assert_allclose(serial["W1"], parallel["W1"], rtol=1e-12, atol=1e-15)
 
 
+def test_kernels_without_noalias_give_the_same_model(tmp_path):
+    declared = run({"NUMBA_CACHE_DIR": str(tmp_path / "a")})
+    checked = run({"NUMBA_CACHE_DIR": str(tmp_path / "b"), "FASTMLP_NOALIAS": "0"})
+    np.testing.assert_allclose(checked["W1"], declared["W1"], rtol=1e-12, atol=1e-15)
+
+
+def test_noalias_reaches_numba():
+    from fastmlp import _jit, kernels
+
+    assert _jit.NOALIAS  # this Numba has the flag, so the kernels use it
+    assert kernels._add_rows.targetoptions.get("noalias") is True
+
+
 @pytest.mark.parametrize(
     "value, expected", [("0", False), ("off", False), ("1", True), ("", True), (None, True)]
 )
