@@ -296,9 +296,26 @@ def _add_rows(out, weights, M):
 @kernel(noalias=True)
 def _add_selected_rows(out, x, M, columns):
     """``out += sum_{k in columns} x[k] * M[k]``: ``_add_rows`` over the
-    entries ``columns`` of ``x`` alone (its nonzeros)."""
+    entries ``columns`` of ``x`` alone (its nonzeros).
+
+    Eight rows per pass, then four, then one: each pass loads and stores
+    ``out`` once, and sets up its rows' addresses once (measured on MNIST's
+    first layer: eight are 7% faster than four in float64, 13% in float32).
+    """
     n = columns.size
     p = 0
+    while p + 8 <= n:
+        k0, k1, k2, k3 = columns[p], columns[p + 1], columns[p + 2], columns[p + 3]
+        k4, k5, k6, k7 = columns[p + 4], columns[p + 5], columns[p + 6], columns[p + 7]
+        x0, x1, x2, x3 = x[k0], x[k1], x[k2], x[k3]
+        x4, x5, x6, x7 = x[k4], x[k5], x[k6], x[k7]
+        m0, m1, m2, m3 = M[k0], M[k1], M[k2], M[k3]
+        m4, m5, m6, m7 = M[k4], M[k5], M[k6], M[k7]
+        for h in range(out.size):
+            out[h] += ((x0 * m0[h] + x1 * m1[h]) + (x2 * m2[h] + x3 * m3[h])) + (
+                (x4 * m4[h] + x5 * m5[h]) + (x6 * m6[h] + x7 * m7[h])
+            )
+        p += 8
     while p + 4 <= n:
         k0, k1, k2, k3 = columns[p], columns[p + 1], columns[p + 2], columns[p + 3]
         x0, x1, x2, x3 = x[k0], x[k1], x[k2], x[k3]
