@@ -24,11 +24,17 @@ RTOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 2e-4}
 NO_WEIGHTS = np.empty(0, np.float64)
 
 
-def assert_close(actual, expected, dtype=None):
-    """Assert two arrays agree to the tolerance of ``dtype`` (default: theirs)."""
+def assert_close(actual, expected, dtype=None, scale=None):
+    """Assert two arrays agree to the tolerance of ``dtype`` (default: theirs).
+
+    ``scale`` is the size of the terms that were summed, for sums that can
+    cancel to exactly 0 in one order and not in another; by default the
+    largest expected magnitude.
+    """
     actual, expected = np.asarray(actual), np.asarray(expected)
     rtol = RTOL[np.dtype(dtype if dtype is not None else actual.dtype)]
-    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+    if scale is None:
+        scale = float(np.max(np.abs(expected))) if expected.size else 0.0
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
 
 

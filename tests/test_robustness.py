@@ -319,8 +319,11 @@ def test_property_fast_and_reference_paths_agree(problem):
     Y = ref.one_hot(y, n_y).astype(dtype)
     expected = ref.backward(Z1, A1_ref, Z2, A2_ref, params[0], params[2], X.T, Y, activation, 0.1)
     assert_close(grads[0], expected[0].T)
-    assert_close(grads[2], expected[2])
-    assert_close(grads[1], expected[1].ravel())
+    # dW2 and db1 are means of terms that can cancel (in X = 0, every example
+    # has the same activations), bounded by |A1| and by sum |W2| (|dZ2| <= 1,
+    # |f'| <= 1).
+    assert_close(grads[2], expected[2], scale=np.abs(A1_ref).max() + np.abs(expected[2]).max())
+    assert_close(grads[1], expected[1].ravel(), scale=np.abs(params[2]).sum())
     penalty = 0.05 * (np.sum(params[0] ** 2) + np.sum(params[2] ** 2)) / m
     assert_close(loss, ref.cross_entropy(A2_ref, Y) + penalty, dtype)
 
