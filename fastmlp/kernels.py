@@ -42,6 +42,7 @@ from typing import NamedTuple
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._jit import kernel
@@ -366,15 +367,55 @@ def _trailing_zeros(typingctx, word):
     return types.uint64(types.uint64), codegen
 
 
+@intrinsic
+def _prefetch(typingctx, array, index):
+    """Start loading the cache line that holds ``array[index]``: a hint to
+    the CPU, with no effect on any result."""
+
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        array = context.make_array(array_type)(context, builder, args[0])
+        address = cgutils.get_item_pointer(context, builder, array_type, array, [args[1]])
+        address = builder.bitcast(address, cgutils.voidptr_t)
+        i32 = ir.IntType(32)
+        prefetch = builder.module.declare_intrinsic(
+            "llvm.prefetch",
+            [cgutils.voidptr_t],
+            ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t, i32, i32, i32]),
+        )
+        # A read, to be kept in every cache level, of data.
+        builder.call(prefetch, [address, i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(array, types.intp), codegen
+
+
+@kernel
+def _prefetch_row(x):
+    """Start loading every cache line of the contiguous row ``x``."""
+    for i in range(0, x.size, 64 // x.itemsize):
+        _prefetch(x, i)
+
+
+PREFETCH_AHEAD = 2
+"""How many rows ahead of its reading :func:`nonzero_mask` asks for."""
+
+
 @kernel(parallel=True)
 def nonzero_mask(X, rows, mask):
     """Mark the nonzeros of ``X[rows]``: bit ``b`` of ``mask[r, w]`` is set
     where ``X[rows[r], 64 w + b] != 0`` (NaN counts as nonzero).
 
     One bit per input: 1/64 of the input's size in float64, and cheap to
-    make - vectorised, in parallel, with no counting beforehand.
+    make - vectorised, in parallel, with no counting beforehand. It is the
+    first to read a mini-batch's rows, which lie anywhere in ``X``; asking
+    for the rows a little ahead hides part of the wait for memory (a batch
+    of 200 random MNIST rows: 54 -> 40-45 us in float64, 43 -> 21-26 us in
+    float32; whole epochs 3-7% faster, except hidden 256 in float64).
     """
     for r in prange(rows.size):
+        if r + PREFETCH_AHEAD < rows.size:
+            _prefetch_row(X[rows[r + PREFETCH_AHEAD]])
         x = X[rows[r]]
         for w in range(mask.shape[1]):
             # A slice and an index from 0 give contiguous, vectorised loads;
