@@ -3,8 +3,9 @@
     python benchmarks/report.py [--rounds 3] [--json results.json] [--markdown table.md]
 
 For each workload (see workloads.py) and implementation it reports the
-median wall time over ``--rounds`` runs (after one untimed warm-up of the
-fast path), the ratio against fastmlp's NumPy reference and against PyTorch
+median wall time over ``--rounds`` rounds, in each of which every
+implementation runs once in turn (after one untimed warm-up of the fast
+path), the ratio against fastmlp's NumPy reference and against PyTorch
 at the same dtype (where installed), the final training accuracy, and the
 achieved rate in GFLOP/s of the dense computation beside the machine's own
 dense matrix-product rate measured in the same run. The sparse first layer
@@ -85,31 +86,39 @@ def time_workloads(rounds: int, names) -> list[dict]:
     rows = []
     for name in names:
         workload = WORKLOADS[name]
+        present = [(i, d) for i, d in IMPLEMENTATIONS if available(i)]
+        data = {d: load_data(workload.n_examples, d) for d in {d for _, d in present}}
+        for dtype in data:
+            warm_up(dtype)
+        if any(i == "torch" for i, _ in present):
+            import torch
+
+            torch.set_num_threads(numba.get_num_threads())
+        results = {key: [] for key in present}
+        # Each round runs every implementation in turn, so that a slow spell
+        # of a shared machine slows them alike rather than one of them.
+        for _ in range(rounds):
+            for implementation, dtype in present:
+                X, y, _ = data[dtype]
+                results[implementation, dtype].append(run(implementation, workload, X, y))
         for implementation, dtype in IMPLEMENTATIONS:
             row = {
                 "workload": name,
                 "implementation": implementation,
                 "dtype": np.dtype(dtype).name,
             }
-            if not available(implementation):
+            rows.append(row)
+            if (implementation, dtype) not in results:
                 row["note"] = f"{implementation} is not installed"
-                rows.append(row)
                 continue
-            X, y, source = load_data(workload.n_examples, dtype)
-            warm_up(dtype)
-            if implementation == "torch":
-                import torch
-
-                torch.set_num_threads(numba.get_num_threads())
-            results = [run(implementation, workload, X, y) for _ in range(rounds)]
-            seconds = statistics.median(r.seconds for r in results)
+            runs = results[implementation, dtype]
+            seconds = statistics.median(r.seconds for r in runs)
             row.update(
                 seconds=seconds,
-                accuracy=results[-1].accuracy,
-                data=source,
+                accuracy=runs[-1].accuracy,
+                data=data[dtype][2],
                 gflops=flops(workload) / seconds / 1e9,
             )
-            rows.append(row)
             print(
                 f"  {name} {implementation:8s} {row['dtype']:8s} {seconds:8.3f} s  "
                 f"accuracy {row['accuracy']:.4f}",
@@ -134,17 +143,19 @@ def thread_scaling() -> dict:
     for dtype in (np.float64, np.float32):
         X, y, _ = load_data(workload.n_examples, dtype)
         warm_up(dtype)
-        seconds, weights = {}, {}
-        for threads in sorted({1, default}):
-            numba.set_num_threads(threads)
-            times = []
-            for _ in range(3):
+        counts = sorted({1, default})
+        times, weights = {t: [] for t in counts}, {}
+        # Rounds alternate the thread counts, so that a slow spell of a shared
+        # machine slows both alike.
+        for _ in range(3):
+            for threads in counts:
+                numba.set_num_threads(threads)
                 start = time.perf_counter()
                 model = fastmlp.train(X, y, iterations=workload.steps - 1, log_every=None)
-                times.append(time.perf_counter() - start)
-            seconds[threads] = statistics.median(times)
-            weights[threads] = model.W1
+                times[threads].append(time.perf_counter() - start)
+                weights[threads] = model.W1
         numba.set_num_threads(default)
+        seconds = {t: statistics.median(times[t]) for t in counts}
         result[np.dtype(dtype).name] = {
             "seconds": seconds,
             "speed_up": seconds[1] / seconds[default],
