@@ -82,6 +82,13 @@ def gemm_rate(dtype, rounds: int = 20) -> float:
     return 2 * 2000 * 784 * 64 / statistics.median(times) / 1e9
 
 
+IDLE = 0.5
+"""Seconds of rest before each timed run. A library's worker threads keep
+spinning for a while after its last call (OpenBLAS's for about 0.2 s) and take
+cores from whatever runs next: W2 in fastmlp took 45 ms right after the NumPy
+reference and 23 ms after a rest of 0.2 s."""
+
+
 def time_workloads(rounds: int, names) -> list[dict]:
     rows = []
     for name in names:
@@ -100,6 +107,7 @@ def time_workloads(rounds: int, names) -> list[dict]:
         for _ in range(rounds):
             for implementation, dtype in present:
                 X, y, _ = data[dtype]
+                time.sleep(IDLE)
                 results[implementation, dtype].append(run(implementation, workload, X, y))
         for implementation, dtype in IMPLEMENTATIONS:
             row = {
