@@ -1,6 +1,6 @@
 """How fastmlp compiles its kernels, decided once for every kernel.
 
-Three switches, read from the environment when fastmlp is imported:
+Four switches, read from the environment when fastmlp is imported:
 
 ``FASTMLP_CACHE`` (default ``1``)
     Cache compiled kernels on disk (Numba's ``cache=True``) so that a second
