@@ -272,6 +272,8 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
         X = np.ascontiguousarray(X)
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+            if not sample_weight.any():  # scikit-learn checks this itself from 1.8 on
+                raise ValueError("Sample weights must contain at least one non-zero number.")
         labels = self._encode_labels(y, first, classes)
         self._random_state = check_random_state(self.random_state)
         if first:
