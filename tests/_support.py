@@ -82,37 +82,44 @@ def input_nonzeros(X, form):
     return engine.dense_input(X.shape[1])
 
 
+def kernel_gradients(
+    X, y, params, *, weights=NO_WEIGHTS, form="dense", l2=0.0, activation="logistic", grads=None
+):
+    """The kernels' forward and backward passes over all of ``X`` with the
+    kernel-layout ``params``; returns the loss and the gradients (written into
+    ``grads`` where given)."""
+    from fastmlp import engine, kernels
+
+    W1, b1, W2, b2 = params
+    m, (n_y, n_h) = len(y), W2.shape
+    rows, code = np.arange(m), kernels.ACTIVATIONS[activation]
+    nonzeros = input_nonzeros(X, form)
+    A1, A2, partial, partial_loss = engine._work(m, n_h, n_y, X.dtype)
+    kernels.forward(X, rows, nonzeros, W1, b1, W2, b2, code, A1, A2)
+    if grads is None:
+        grads = [np.empty_like(p) for p in params]
+    loss = kernels.backward(
+        X, rows, nonzeros, y, weights, W1, W2, code, l2, A1, A2, *grads, partial, partial_loss
+    )
+    return loss, grads
+
+
 def loss_function(X, y, n_h, n_y, activation, l2):
     """The fast path's loss and gradient as functions of the flat float64
     parameter vector: for finite-difference checks."""
-    from fastmlp import engine, kernels
+    from fastmlp import kernels
 
     n_x = X.shape[1]
-    code = kernels.ACTIVATIONS[activation]
-    rows = np.arange(len(y))
-    dense = engine.dense_input(X.shape[1])
-    A1, A2, partial, partial_loss = engine._work(len(y), n_h, n_y, np.float64)
 
     def f(theta):
-        W1, b1, W2, b2 = kernels.unpack(theta, n_x, n_h, n_y)
         grads = np.empty_like(theta)
-        kernels.forward(X, rows, dense, W1, b1, W2, b2, code, A1, A2)
-        gradients = kernels.unpack(grads, n_x, n_h, n_y)
-        loss = kernels.backward(
+        loss, _ = kernel_gradients(
             X,
-            rows,
-            dense,
             y,
-            NO_WEIGHTS,
-            W1,
-            W2,
-            code,
-            l2,
-            A1,
-            A2,
-            *gradients,
-            partial,
-            partial_loss,
+            kernels.unpack(theta, n_x, n_h, n_y),
+            l2=l2,
+            activation=activation,
+            grads=kernels.unpack(grads, n_x, n_h, n_y),
         )
         return loss, grads
 

@@ -12,6 +12,7 @@ from _support import (
     NO_WEIGHTS,
     assert_close,
     input_nonzeros,
+    kernel_gradients,
     loss_function,
     sparse_data,
 )
@@ -201,21 +202,6 @@ def test_forward_and_backward_match_reference(rng, dtype, activation, form, n_y)
     assert_close(loss, expected_loss, dtype)
 
 
-def _gradients(X, y, weights, params, form, l2, activation="logistic"):
-    """Loss and gradients from the kernels' forward and backward passes."""
-    W1, b1, W2, b2 = params
-    m, (n_h, n_y) = len(y), W2.T.shape
-    rows, code = np.arange(m), kernels.ACTIVATIONS[activation]
-    nonzeros = input_nonzeros(X, form)
-    A1, A2, partial, partial_loss = engine._work(m, n_h, n_y, X.dtype)
-    kernels.forward(X, rows, nonzeros, W1, b1, W2, b2, code, A1, A2)
-    grads = [np.empty_like(p) for p in params]
-    loss = kernels.backward(
-        X, rows, nonzeros, y, weights, W1, W2, code, l2, A1, A2, *grads, partial, partial_loss
-    )
-    return loss, grads
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("form", FORMS)
 def test_integer_weights_count_examples_that_many_times(rng, dtype, form):
@@ -224,9 +210,9 @@ def test_integer_weights_count_examples_that_many_times(rng, dtype, form):
     params = kernel_layout(*make_network(rng, n_x, n_h, n_y, dtype))
     weights = rng.integers(0, 4, m).astype(np.float64)  # zeros included
 
-    loss, grads = _gradients(X, y, weights, params, form, l2)
+    loss, grads = kernel_gradients(X, y, params, weights=weights, form=form, l2=l2)
     repeated = np.repeat(np.arange(m), weights.astype(int))
-    expected_loss, expected = _gradients(X[repeated], y[repeated], NO_WEIGHTS, params, form, l2)
+    expected_loss, expected = kernel_gradients(X[repeated], y[repeated], params, form=form, l2=l2)
     for actual, wanted in zip(grads, expected, strict=True):
         assert_close(actual, wanted)
     assert_close(loss, expected_loss, dtype)
@@ -235,7 +221,7 @@ def test_integer_weights_count_examples_that_many_times(rng, dtype, form):
 def test_a_batch_of_weight_zero_has_no_gradient_and_no_loss(rng):
     X, y = sparse_data(rng, 20, 30, 3, np.float64)
     params = kernel_layout(*make_network(rng, 30, 8, 3, np.float64))
-    loss, grads = _gradients(X, y, np.zeros(20), params, "dense", l2=0.5)
+    loss, grads = kernel_gradients(X, y, params, weights=np.zeros(20), l2=0.5)
     assert loss == 0
     assert all(not g.any() for g in grads)
 
@@ -385,7 +371,7 @@ def test_inputs_wider_than_16_bit_column_numbers(rng, form):
     params = make_network(rng, n_x, n_h, n_y, np.float64)
     nonzeros = input_nonzeros(X, form)
     assert nonzeros.columns.dtype == nonzeros.csr[1].dtype == np.uint32
-    _, grads = _gradients(X, y, NO_WEIGHTS, kernel_layout(*params), form, l2=0.0)
+    _, grads = kernel_gradients(X, y, kernel_layout(*params), form=form)
     Z1, A1_ref, Z2, A2_ref = reference.forward(*params, X.T)
     Y = reference.one_hot(y, n_y).astype(np.float64)
     expected = reference.backward(Z1, A1_ref, Z2, A2_ref, params[0], params[2], X.T, Y)
