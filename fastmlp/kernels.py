@@ -594,9 +594,10 @@ def _sum_of_squares(M):
 
 
 @kernel
-def _add_chunks(partial, partial_loss, total, W1, W2, l2, dW2, db2, db1):
+def _add_chunks(partial, partial_loss, total, W1, W2, l2, penalty, dW2, db2, db1):
     """Add the chunks' sums in order into ``dW2, db2, db1``, add the L2 term
-    to ``dW2`` and return the loss; ``total`` is the batch's total weight."""
+    (``penalty W2``) to ``dW2`` and return the loss; ``total`` is the batch's
+    total weight."""
     k, n_y, n_h = W2.size, W2.shape[0], W2.shape[1]
     gW2 = dW2.reshape(k)
     gW2[:] = 0
@@ -611,7 +612,7 @@ def _add_chunks(partial, partial_loss, total, W1, W2, l2, dW2, db2, db1):
         return 0.0
     loss = partial_loss.sum() / total
     if l2 > 0:
-        _add_scaled(gW2, W2.dtype.type(l2 / total), W2.reshape(k))
+        _add_scaled(gW2, penalty, W2.reshape(k))
         loss += 0.5 * l2 * (_sum_of_squares(W1) + _sum_of_squares(W2)) / total
     return loss
 
@@ -671,7 +672,7 @@ def backward(
             share = W1.dtype.type(weight * inv_total)
             loss = _backprop_row(y[rows[r]], W2, activation, A1[r], A2[r], partial[c], share)
             partial_loss[c] += weight * loss
-    loss = _add_chunks(partial, partial_loss, total, W1, W2, l2, dW2, db2, db1)
+    loss = _add_chunks(partial, partial_loss, total, W1, W2, l2, penalty, dW2, db2, db1)
     # dW1 = X.T @ dZ1. Blocks of 16 features own their rows of dW1 and add the
     # examples in order, so the thread count never changes a sum. A block
     # lies within one 64-bit word of the mask.
