@@ -216,8 +216,6 @@ class FastNetwork:
         nonzeros = batch_input(size, n_x) if is_sparse(X) else self._dense
         for start in range(0, m, size):
             rows = np.arange(start, min(m, start + size))
-            if nonzeros.mask.shape[0] > 0:
-                kernels.nonzero_mask(X, rows, nonzeros.mask)
             kernels.forward(
                 X,
                 rows,

@@ -340,8 +340,9 @@ class Nonzeros(NamedTuple):
 
     ``mask`` and ``columns``: for mini-batches, made anew for each batch.
         ``mask`` (batch size x ``ceil(n_x / 64)``, ``uint64``) is filled by
-        :func:`nonzero_mask`; ``columns`` (``N_CHUNKS`` x ``n_x``) is
-        scratch that lists one row's nonzeros at a time.
+        :func:`forward` and read by :func:`backward`; ``columns``
+        (``N_CHUNKS`` x ``n_x``) is scratch that lists one row's nonzeros at
+        a time.
     ``csr`` and ``csc``: for full batches, made once and read by every step.
         Where the nonzeros are, by example, ``(indptr, indices)`` from
         :func:`compress_rows`, and by feature, ``(colptr, rowidx)`` from
@@ -398,33 +399,26 @@ def _prefetch_row(x):
 
 
 PREFETCH_AHEAD = 2
-"""How many rows ahead of its reading :func:`nonzero_mask` asks for."""
+"""How many rows ahead of its reading :func:`forward` asks for, when it
+marks a mini-batch's nonzeros."""
 
 
-@kernel(parallel=True)
-def nonzero_mask(X, rows, mask):
-    """Mark the nonzeros of ``X[rows]``: bit ``b`` of ``mask[r, w]`` is set
-    where ``X[rows[r], 64 w + b] != 0`` (NaN counts as nonzero).
+@kernel
+def _mark_nonzeros(x, mask_row):
+    """Mark the nonzeros of one example: bit ``b`` of ``mask_row[w]`` is set
+    where ``x[64 w + b] != 0`` (NaN counts as nonzero).
 
     One bit per input: 1/64 of the input's size in float64, and cheap to
-    make - vectorised, in parallel, with no counting beforehand. It is the
-    first to read a mini-batch's rows, which lie anywhere in ``X``; asking
-    for the rows a little ahead hides part of the wait for memory (a batch
-    of 200 random MNIST rows: 54 -> 40-45 us in float64, 43 -> 21-26 us in
-    float32; whole epochs 3-7% faster, except hidden 256 in float64).
+    make - vectorised, with no counting beforehand.
     """
-    for r in prange(rows.size):
-        if r + PREFETCH_AHEAD < rows.size:
-            _prefetch_row(X[rows[r + PREFETCH_AHEAD]])
-        x = X[rows[r]]
-        for w in range(mask.shape[1]):
-            # A slice and an index from 0 give contiguous, vectorised loads;
-            # x[64 * w + b] would compile to gathers (the index might be negative).
-            chunk = x[64 * w : 64 * w + 64]
-            word = np.uint64(0)
-            for b in range(chunk.size):
-                word |= np.uint64(chunk[b] != 0) << np.uint64(b)
-            mask[r, w] = word
+    for w in range(mask_row.size):
+        # A slice and an index from 0 give contiguous, vectorised loads;
+        # x[64 * w + b] would compile to gathers (the index might be negative).
+        chunk = x[64 * w : 64 * w + 64]
+        word = np.uint64(0)
+        for b in range(chunk.size):
+            word |= np.uint64(chunk[b] != 0) << np.uint64(b)
+        mask_row[w] = word
 
 
 @kernel
@@ -507,16 +501,26 @@ def forward(X, rows, nonzeros, W1, b1, W2, b2, activation, A1, A2):
     """Forward pass on the examples ``X[rows]``.
 
     Writes ``A1 = f(X W1 + b1)`` and ``A2 = softmax(A1 W2.T + b2)``, one row
-    per example; nothing else is stored. ``nonzeros`` (a :class:`Nonzeros`
-    of ``X[rows]``) lets the first layer skip the zeros.
+    per example. ``nonzeros`` (a :class:`Nonzeros`) lets the first layer
+    skip the zeros: prepared forms must be those of ``X[rows]``; a mask is
+    filled here, row by row, for the backward pass to read.
+
+    Marking a mini-batch's rows as they are used, rather than in a pass of
+    their own, reads each row from memory once (W2 in float64 and the
+    estimator's batches of 200 in float32: 3-4% faster). The rows lie
+    anywhere in ``X``, so each is asked for a little ahead of its turn.
     """
     mask, columns, (indptr, indices), _ = nonzeros
     m = rows.size
     for c in prange(N_CHUNKS):
-        for r in range(c * m // N_CHUNKS, (c + 1) * m // N_CHUNKS):
+        end = (c + 1) * m // N_CHUNKS
+        for r in range(c * m // N_CHUNKS, end):
             x, a1 = X[rows[r]], A1[r]
             _copy(b1, a1)
             if mask.shape[0] > 0:
+                if r + PREFETCH_AHEAD < end:
+                    _prefetch_row(X[rows[r + PREFETCH_AHEAD]])
+                _mark_nonzeros(x, mask[r])
                 n = _marked_columns(mask[r], columns[c])
                 _add_selected_rows(a1, x, W1, columns[c][:n])
             elif indptr.size > 0:
@@ -800,8 +804,8 @@ def train_epoch(
 
     ``optimizer`` is ``(solver, hyper, state, step)``; ``work`` is ``(A1, A2,
     partial, partial_loss)`` with room for ``batch_size`` examples;
-    ``nonzeros`` is a :class:`Nonzeros`: with a mask, each batch is marked
-    when it comes; the prepared forms serve a single batch of all of
+    ``nonzeros`` is a :class:`Nonzeros`: with a mask, :func:`forward` marks
+    each batch when it comes; the prepared forms serve a single batch of all of
     ``order`` (one step of full-batch gradient descent).
 
     Returns the sum over batches of loss times batch size, and the index of
@@ -818,8 +822,6 @@ def train_epoch(
         rows = order[start : start + batch_size]
         m = rows.size
         a1, a2 = A1[:m], A2[:m]
-        if nonzeros.mask.shape[0] > 0:
-            nonzero_mask(X, rows, nonzeros.mask)
         forward(X, rows, nonzeros, W1, b1, W2, b2, activation, a1, a2)
         loss = backward(
             X,

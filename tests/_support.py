@@ -71,14 +71,12 @@ or through its nonzeros prepared in both orders (full batches)."""
 
 def input_nonzeros(X, form):
     """The :class:`fastmlp.kernels.Nonzeros` of all of ``X`` in one of ``FORMS``."""
-    from fastmlp import engine, kernels
+    from fastmlp import engine
 
     if form == "prepared":
         return engine.prepared_input(X)
     if form == "mask":
-        nonzeros = engine.batch_input(len(X), X.shape[1])
-        kernels.nonzero_mask(X, np.arange(len(X)), nonzeros.mask)
-        return nonzeros
+        return engine.batch_input(len(X), X.shape[1])
     return engine.dense_input(X.shape[1])
 
 

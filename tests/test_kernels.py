@@ -125,14 +125,18 @@ def test_softmax_of_huge_logits_is_finite_and_exact(dtype):
 # ---- sparse input ------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n_x", [29, 64, 130])
-def test_nonzero_mask_marks_exactly_the_nonzeros(rng, dtype, n_x):
+def test_forward_marks_exactly_the_nonzeros(rng, dtype, n_x):
     X, _ = sparse_data(rng, 40, n_x, 3, dtype, density=0.3)
     X[5] = 0  # an empty row
     X[:, 7] = 0  # an empty column
     X[6, :3] = [np.nan, -0.0, np.inf]  # NaN and inf are nonzero; -0.0 is zero
     rows = rng.permutation(40)[:25]
-    mask = engine.batch_input(25, n_x).mask
-    kernels.nonzero_mask(X, rows, mask)
+    params = kernels.unpack(np.zeros(n_x * 4 + 4 + 3 * 4 + 3, dtype), n_x, 4, 3)
+    nonzeros = engine.batch_input(25, n_x)
+    mask = nonzeros.mask
+    mask[:] = np.uint64(2**64 - 1)  # whatever an earlier batch left
+    A1, A2 = np.empty((25, 4), dtype), np.empty((25, 3), dtype)
+    kernels.forward(X, rows, nonzeros, *params, kernels.LOGISTIC, A1, A2)
     assert mask.shape == (25, -(-n_x // 64))
     bits = np.unpackbits(mask.view(np.uint8), axis=1, bitorder="little")
     np.testing.assert_array_equal(bits[:, :n_x], X[rows] != 0)
