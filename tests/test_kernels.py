@@ -206,6 +206,28 @@ def test_forward_and_backward_match_reference(rng, dtype, activation, form, n_y)
     assert_close(loss, expected_loss, dtype)
 
 
+def test_feature_blocks_fit_in_the_nearest_cache():
+    assert kernels._feature_block(24, 8) == 64  # at most one word of the mask
+    assert kernels._feature_block(256, 8) == 16
+    assert kernels._feature_block(256, 4) == 32
+    assert kernels._feature_block(5000, 8) == 1
+    for n_h, itemsize in [(24, 8), (200, 8), (1100, 4), (5000, 8)]:
+        size = kernels._feature_block(n_h, itemsize)
+        assert size * n_h * itemsize <= kernels.L1_BYTES or size == 1
+
+
+@pytest.mark.parametrize("n_h", [24, 200, 1100], ids=["64-features", "16-features", "2-features"])
+def test_mini_batch_gradient_matches_reference_for_every_block_size(rng, n_h):
+    m, n_x, n_y, l2 = 37, 157, 3, 0.3
+    X, y = sparse_data(rng, m, n_x, n_y, np.float64)
+    params = make_network(rng, n_x, n_h, n_y, np.float64)
+    _, grads = kernel_gradients(X, y, kernel_layout(*params), form="mask", l2=l2)
+    Z1, A1, Z2, A2 = reference.forward(*params, X.T)
+    Y = reference.one_hot(y, n_y).astype(np.float64)
+    expected = reference.backward(Z1, A1, Z2, A2, params[0], params[2], X.T, Y, l2=l2)
+    assert_close(grads[0], expected[0].T)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("form", FORMS)
 def test_integer_weights_count_examples_that_many_times(rng, dtype, form):
