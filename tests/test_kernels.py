@@ -216,6 +216,20 @@ def test_feature_blocks_fit_in_the_nearest_cache():
         assert size * n_h * itemsize <= kernels.L1_BYTES or size == 1
 
 
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.3, 1.0])
+def test_parts_of_columns_share_the_nonzeros_evenly(rng, density):
+    X, _ = sparse_data(rng, 50, 157, 2, np.float64, density=density)
+    X[:, :40] = 0  # like an image's border: columns without nonzeros
+    colptr = engine.prepared_input(X).csc[0]
+    n_parts = kernels.N_CHUNKS
+    parts = [kernels._part_of_columns(colptr, p, n_parts) for p in range(n_parts)]
+    assert parts[0][0] == 0 and parts[-1][1] == X.shape[1]
+    assert all(parts[p][1] == parts[p + 1][0] for p in range(n_parts - 1))  # they tile
+    counts = [colptr[k1] - colptr[k0] for k0, k1 in parts]
+    widest = np.diff(colptr).max(initial=0)
+    assert max(counts) - min(counts) <= 2 * widest + 1
+
+
 @pytest.mark.parametrize("n_h", [24, 200, 1100], ids=["64-features", "16-features", "2-features"])
 def test_mini_batch_gradient_matches_reference_for_every_block_size(rng, n_h):
     m, n_x, n_y, l2 = 37, 157, 3, 0.3
