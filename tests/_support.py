@@ -70,7 +70,8 @@ or through its nonzeros prepared in both orders (full batches)."""
 
 
 def input_nonzeros(X, form):
-    """The :class:`fastmlp.kernels.Nonzeros` of all of ``X`` in one of ``FORMS``."""
+    """The :class:`fastmlp.kernels.Nonzeros` of all of ``X`` in one of ``FORMS``
+    (a mask starts empty: the forward pass marks it)."""
     from fastmlp import engine
 
     if form == "prepared":
