@@ -155,13 +155,13 @@ def train(
     else:
         run = _MINI_BATCH[backend](X, labels, params, alpha, activation, batch_size, seed)
         steps, first, word = range(1, iterations + 1), 1, "Epoch"
+    del params  # the fast path copied them: keep one copy through training
 
     losses, history = [], []
 
     def model():
-        params = run.params()
         run.release()  # the training buffers go before the model copies the parameters
-        return Model(*params, classes, activation, backend, np.array(losses), tuple(history))
+        return Model(*run.params(), classes, activation, backend, np.array(losses), tuple(history))
 
     for i in steps:
         loss, updated = run.step()
@@ -269,12 +269,12 @@ class _Fast:
     def __init__(self, X, labels, params, alpha, activation):
         (n_h, n_x), n_y = params[0].shape, params[2].shape[0]
         self.X, self.labels = X, labels
-        self.network = FastNetwork(flatten_params(*params), n_x, n_h, n_y, activation)
-        theta = self.network.theta
-        self.optimizer = Optimizer("sgd", theta.size, theta.dtype, learning_rate=alpha)
+        self.theta, self.dims = flatten_params(*params), (n_x, n_h, n_y)
+        self.network = FastNetwork(self.theta, *self.dims, activation)
+        self.optimizer = Optimizer("sgd", self.theta.size, self.theta.dtype, learning_rate=alpha)
 
     def params(self):
-        return notebook_params(self.network.theta, *self.network.dims)
+        return notebook_params(self.theta, *self.dims)
 
     def release(self):
         del self.network, self.optimizer
