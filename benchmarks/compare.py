@@ -1,0 +1,139 @@
+"""Two versions of fastmlp side by side: is a change faster, and by how much?
+
+    python benchmarks/compare.py BASE [--pairs 6] [--workloads W1,W2] [--dtypes float64,float32]
+
+``BASE`` is a git revision (a commit, a branch, ``HEAD``). It is checked out
+in a temporary worktree and compared with the working tree, as
+CONTRIBUTING.md's measuring traps ask: the two versions take turns, each in a
+fresh process with its own ``NUMBA_CACHE_DIR`` (two versions in one process
+favour the one warmed up first, and a shared machine's speed drifts over
+minutes), and which goes first alternates from pair to pair. Each process
+times every workload once on the fast path, after an untimed warm-up. A
+first pair that only fills the two caches is not counted.
+
+Prints, for each workload and dtype, each version's median time and the
+median over pairs of base time / new time: above 1 means the working tree is
+faster. Both versions run the working tree's workloads (``workloads.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+CHILD = """
+import json, sys
+sys.path.insert(0, {benchmarks!r})
+import numpy as np
+import fastmlp
+from workloads import WORKLOADS, load_data, run, warm_up
+
+if not fastmlp.__file__.startswith({root!r}):
+    sys.exit(f"imported {{fastmlp.__file__}}, not the version under {root}")
+times = {{}}
+for dtype in {dtypes!r}:
+    warm_up(np.dtype(dtype))
+    for name in {workloads!r}:
+        workload = WORKLOADS[name].scaled({scale!r})
+        X, y, _ = load_data(workload.n_examples, dtype)
+        times[f"{{name}} {{dtype}}"] = run("numba", workload, X, y).seconds
+print(json.dumps(times))
+"""
+
+
+def measure(root, cache_dir, workloads, dtypes, scale: float = 1.0) -> dict[str, float]:
+    """Seconds for each workload and dtype, timed in a fresh process that
+    imports fastmlp from ``root`` and keeps its compiled kernels in ``cache_dir``."""
+    root = str(Path(root).resolve())
+    code = CHILD.format(
+        benchmarks=str(HERE),
+        root=root,
+        dtypes=list(dtypes),
+        workloads=list(workloads),
+        scale=scale,
+    )
+    path = os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env = dict(os.environ, PYTHONPATH=path, NUMBA_CACHE_DIR=str(cache_dir))
+    # Run from root, so that the path Python searches first holds that version.
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, check=True, capture_output=True, text=True
+    ).stdout
+    return json.loads(out.splitlines()[-1])
+
+
+@contextlib.contextmanager
+def checkout(revision: str):
+    """A temporary git worktree of ``revision``, removed afterwards."""
+    with tempfile.TemporaryDirectory() as parent:
+        path = Path(parent) / "base"
+        git = ["git", "-C", str(ROOT), "worktree"]
+        add = [*git, "add", "--detach", str(path), revision]
+        subprocess.run(add, check=True, capture_output=True)
+        try:
+            yield path
+        finally:
+            subprocess.run([*git, "remove", "--force", str(path)], check=True, capture_output=True)
+
+
+def summarize(base: list[dict], new: list[dict]) -> list[dict]:
+    """Per key: each side's median, and the median of the pairs' ratios base / new."""
+    rows = []
+    for key in base[0]:
+        before = [run[key] for run in base]
+        after = [run[key] for run in new]
+        rows.append(
+            {
+                "case": key,
+                "base": statistics.median(before),
+                "new": statistics.median(after),
+                "speed_up": statistics.median(b / a for b, a in zip(before, after, strict=True)),
+            }
+        )
+    return rows
+
+
+def compare(revision: str, pairs: int, workloads, dtypes, scale: float = 1.0) -> list[dict]:
+    """Time ``revision`` and the working tree in ``pairs`` counted pairs of processes."""
+    with checkout(revision) as base_root, tempfile.TemporaryDirectory() as caches:
+        sides = {
+            "base": (base_root, Path(caches) / "base"),
+            "new": (ROOT, Path(caches) / "new"),
+        }
+        runs = {"base": [], "new": []}
+        for pair in range(pairs + 1):
+            order = ("base", "new") if pair % 2 == 0 else ("new", "base")
+            for side in order:
+                times = measure(*sides[side], workloads, dtypes, scale)
+                if pair > 0:  # the first pair compiles into the empty caches
+                    runs[side].append(times)
+        return summarize(runs["base"], runs["new"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("base", help="git revision to compare the working tree with")
+    parser.add_argument("--pairs", type=int, default=6)
+    parser.add_argument("--workloads", default="W1,W2")
+    parser.add_argument("--dtypes", default="float64,float32")
+    args = parser.parse_args()
+    rows = compare(args.base, args.pairs, args.workloads.split(","), args.dtypes.split(","))
+    print(f"{args.base} against the working tree, {args.pairs} pairs of processes:")
+    for row in rows:
+        print(
+            f"  {row['case']:<12} base {row['base']:.4f} s   new {row['new']:.4f} s   "
+            f"base/new {row['speed_up']:.2f}x (median over pairs)"
+        )
+
+
+if __name__ == "__main__":
+    main()

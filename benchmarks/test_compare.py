@@ -1,0 +1,36 @@
+"""compare.py, which times two versions of fastmlp taking turns, cannot rot.
+
+Its timings are not checked (no test asserts a timing); what it runs and how
+it sums them up are.
+"""
+
+import os
+
+import compare
+import pytest
+
+
+def test_summary_takes_medians_and_the_median_of_the_pairs_ratios():
+    base = [{"W1 float64": 2.0}, {"W1 float64": 4.0}, {"W1 float64": 3.0}]
+    new = [{"W1 float64": 1.0}, {"W1 float64": 4.0}, {"W1 float64": 2.0}]
+    (row,) = compare.summarize(base, new)
+    assert row == {"case": "W1 float64", "base": 3.0, "new": 2.0, "speed_up": 1.5}
+
+
+def test_a_revision_is_checked_out_beside_the_working_tree_and_removed():
+    with compare.checkout("HEAD") as path:
+        assert (path / "fastmlp" / "kernels.py").is_file()
+        assert path.resolve() != compare.ROOT
+    assert not path.exists()
+
+
+def test_a_process_times_the_version_it_is_given(tmp_path):
+    cache = os.environ.get("NUMBA_CACHE_DIR", tmp_path)  # warm in CI: the tests ran first
+    times = compare.measure(compare.ROOT, cache, ["W2"], ["float32"], scale=0.03)
+    assert set(times) == {"W2 float32"} and times["W2 float32"] > 0
+
+
+def test_a_process_refuses_a_version_it_cannot_import(tmp_path):
+    (tmp_path / "fastmlp").mkdir()  # no __init__.py: Python finds the installed one
+    with pytest.raises(Exception, match="returned non-zero exit status"):
+        compare.measure(tmp_path, tmp_path / "cache", ["W2"], ["float32"], scale=0.03)
