@@ -17,11 +17,10 @@ SPARSE_BELOW_DENSITY = 0.75
 
 Measured (benchmarks/bench_kernels.py, groups "first-layer density", random
 784-feature inputs, float64, 2 threads): a full-batch step on 2,000 examples
-takes the sparse path 4.1 ms at 20 % nonzeros against 17.5 ms dense, 15.7 ms
-against 15.8 ms at 75 % and 19.5 ms against 15.8 ms at 100 % (2026-11-30, on
-a machine running about 1.5x slower than usual); an epoch of batches of 64
-over 10,000 examples takes 41 ms against 68 ms at 20 %, 63 ms against 67 ms
-at 75 % and 74 ms against 68 ms at 100 % (2026-11-25). MNIST has 19 %
+takes the sparse path 2.7 ms at 20 % nonzeros against 11.3 ms dense, 8.4 ms
+against 10.7 ms at 75 % and 10.6 ms against 10.8 ms at 100 %; an epoch of
+batches of 64 over 10,000 examples takes 41 ms against 68 ms at 20 %, 63 ms
+against 67 ms at 75 % and 74 ms against 68 ms at 100 %. MNIST has 19 %
 nonzeros, scikit-learn's digits 51 %."""
 
 DENSITY_SAMPLE = 1024
@@ -132,50 +131,42 @@ def _work(capacity: int, n_h: int, n_y: int, dtype):
     )
 
 
-def _index_dtype(n: int):
-    """The smallest unsigned integer type that numbers ``n`` columns or
-    examples: the lists of nonzeros are the largest arrays a run keeps."""
-    return np.uint16 if n <= 1 << 16 else np.uint32
+def _column_dtype(n_x: int):
+    """The smallest unsigned integer type that numbers ``n_x`` columns: the
+    lists of nonzero columns are the largest arrays a full batch keeps."""
+    return np.uint16 if n_x <= 1 << 16 else np.uint32
 
 
-def _empty_nonzeros(n_x: int, dtype, mask_rows: int = 0, chunks: int = 0):
+def _empty_nonzeros(n_x: int, mask_rows: int = 0, chunks: int = 0):
+    columns = _column_dtype(n_x)
     return kernels.Nonzeros(
         np.empty((mask_rows, -(-n_x // 64) if mask_rows else 0), np.uint64),
-        np.empty((chunks, n_x if chunks else 0), _index_dtype(n_x)),
-        np.empty((chunks, n_x if chunks else 0), dtype),
-        (
-            np.empty(0, np.int64),
-            np.empty(0, np.uint16),
-            np.empty(0, dtype),
-            np.empty((0, 0), np.int64),
-        ),
+        np.empty((chunks, n_x if chunks else 0), columns),
+        (np.empty(0, np.int64), np.empty(0, columns)),
+        (np.empty(0, np.int64), np.empty(0, np.uint32)),
     )
 
 
-def dense_input(n_x: int, dtype) -> kernels.Nonzeros:
-    """The :class:`kernels.Nonzeros` that tells the kernels to read the input
-    (``n_x`` features of ``dtype``) as it is."""
-    return _empty_nonzeros(n_x, dtype)
+def dense_input(n_x: int) -> kernels.Nonzeros:
+    """The :class:`kernels.Nonzeros` that tells the kernels to read the input as it is."""
+    return _empty_nonzeros(n_x)
 
 
-def batch_input(capacity: int, n_x: int, dtype) -> kernels.Nonzeros:
+def batch_input(capacity: int, n_x: int) -> kernels.Nonzeros:
     """Room to mark the nonzeros of each mini-batch of up to ``capacity`` examples."""
-    return _empty_nonzeros(n_x, dtype, capacity, kernels.N_CHUNKS)
+    return _empty_nonzeros(n_x, capacity, kernels.N_CHUNKS)
 
 
 def prepared_input(X) -> kernels.Nonzeros:
-    """The nonzeros of ``X`` grouped by feature, with their values, for
-    repeated steps on all of ``X`` (see :class:`kernels.Nonzeros`)."""
+    """Where the nonzeros of ``X`` are, by example and by feature, for
+    repeated steps on all of ``X``."""
     m, n_x = X.shape
     nnz = int(np.count_nonzero(X))
-    csc = (
-        np.empty(n_x + 1, np.int64),
-        np.empty(nnz, _index_dtype(m)),
-        np.empty(nnz, X.dtype),
-        np.empty((kernels.N_CHUNKS + 1, n_x), np.int64),
-    )
-    kernels.compress_columns(X, *csc)
-    return _empty_nonzeros(n_x, X.dtype)._replace(csc=csc)
+    csr = np.empty(m + 1, np.int64), np.empty(nnz + 1, _column_dtype(n_x))
+    csc = np.empty(n_x + 1, np.int64), np.empty(nnz, np.uint32)
+    kernels.compress_rows(X, *csr)
+    kernels.transpose_sparse(*csr, *csc)
+    return _empty_nonzeros(n_x)._replace(csr=csr, csc=csc)
 
 
 class FastNetwork:
@@ -197,7 +188,7 @@ class FastNetwork:
         self.activation = activation
         self._code = kernels.ACTIVATIONS[activation]
         self._epoch_buffers = {}
-        self._dense = dense_input(n_x, theta.dtype)
+        self._dense = dense_input(n_x)
 
     @property
     def dtype(self):
@@ -222,7 +213,7 @@ class FastNetwork:
         m = X.shape[0]
         size = min(m, PREDICT_CHUNK)
         A1, A2 = np.empty((size, n_h), self.dtype), np.empty((m, n_y), self.dtype)
-        nonzeros = batch_input(size, n_x, self.dtype) if is_sparse(X) else self._dense
+        nonzeros = batch_input(size, n_x) if is_sparse(X) else self._dense
         for start in range(0, m, size):
             rows = np.arange(start, min(m, start + size))
             kernels.forward(
@@ -265,7 +256,7 @@ class FastNetwork:
         if key not in self._epoch_buffers:
             n_x, n_h, n_y = self.dims
             work = _work(batch_size, n_h, n_y, self.dtype)
-            nonzeros = batch_input(batch_size, n_x, self.dtype) if sparse else self._dense
+            nonzeros = batch_input(batch_size, n_x) if sparse else self._dense
             self._epoch_buffers = {key: (work, nonzeros)}
         work, nonzeros = self._epoch_buffers[key]
         weights = _example_weights(weights)
@@ -291,9 +282,9 @@ class FastNetwork:
 class FullBatch:
     """Steps of full-batch gradient descent on one data set, buffers allocated once.
 
-    For a sparse input the nonzeros and their values are extracted once,
-    grouped by feature (:func:`prepared_input`), and every step reads them
-    instead of ``X``.
+    For a sparse input the nonzeros are extracted once, in both orders the
+    kernels need (by example for the forward pass, by feature for the
+    backward pass), and reused by every step.
     """
 
     def __init__(self, network: FastNetwork, X, labels, sparse: bool | None, weights=None):

@@ -308,35 +308,37 @@ def _add_rows(out, weights, M):
 
 
 @kernel(noalias=True)
-def _add_selected_rows(out, weights, M, rows):
-    """``out += sum_p weights[p] * M[rows[p]]``: ``_add_rows`` over the rows
-    ``rows`` of ``M`` alone, for the nonzeros of an input (``weights`` are
-    their values, ``rows`` their columns or their examples).
+def _add_selected_rows(out, x, M, columns):
+    """``out += sum_{k in columns} x[k] * M[k]``: ``_add_rows`` over the
+    entries ``columns`` of ``x`` alone (its nonzeros).
 
     Eight rows per pass, then four, then one: each pass loads and stores
     ``out`` once, and sets up its rows' addresses once (measured on MNIST's
     first layer: eight are 7% faster than four in float64, 13% in float32).
     """
-    n = rows.size
+    n = columns.size
     p = 0
     while p + 8 <= n:
-        x0, x1, x2, x3 = weights[p], weights[p + 1], weights[p + 2], weights[p + 3]
-        x4, x5, x6, x7 = weights[p + 4], weights[p + 5], weights[p + 6], weights[p + 7]
-        m0, m1, m2, m3 = M[rows[p]], M[rows[p + 1]], M[rows[p + 2]], M[rows[p + 3]]
-        m4, m5, m6, m7 = M[rows[p + 4]], M[rows[p + 5]], M[rows[p + 6]], M[rows[p + 7]]
+        k0, k1, k2, k3 = columns[p], columns[p + 1], columns[p + 2], columns[p + 3]
+        k4, k5, k6, k7 = columns[p + 4], columns[p + 5], columns[p + 6], columns[p + 7]
+        x0, x1, x2, x3 = x[k0], x[k1], x[k2], x[k3]
+        x4, x5, x6, x7 = x[k4], x[k5], x[k6], x[k7]
+        m0, m1, m2, m3 = M[k0], M[k1], M[k2], M[k3]
+        m4, m5, m6, m7 = M[k4], M[k5], M[k6], M[k7]
         for h in range(out.size):
             out[h] += ((x0 * m0[h] + x1 * m1[h]) + (x2 * m2[h] + x3 * m3[h])) + (
                 (x4 * m4[h] + x5 * m5[h]) + (x6 * m6[h] + x7 * m7[h])
             )
         p += 8
     while p + 4 <= n:
-        x0, x1, x2, x3 = weights[p], weights[p + 1], weights[p + 2], weights[p + 3]
-        m0, m1, m2, m3 = M[rows[p]], M[rows[p + 1]], M[rows[p + 2]], M[rows[p + 3]]
+        k0, k1, k2, k3 = columns[p], columns[p + 1], columns[p + 2], columns[p + 3]
+        x0, x1, x2, x3 = x[k0], x[k1], x[k2], x[k3]
+        m0, m1, m2, m3 = M[k0], M[k1], M[k2], M[k3]
         for h in range(out.size):
             out[h] += (x0 * m0[h] + x1 * m1[h]) + (x2 * m2[h] + x3 * m3[h])
         p += 4
     while p < n:
-        _add_scaled(out, weights[p], M[rows[p]])
+        _add_scaled(out, x[columns[p]], M[columns[p]])
         p += 1
 
 
@@ -349,26 +351,23 @@ class Nonzeros(NamedTuple):
     Two forms, for two uses; arrays of a form not in use are empty, and all
     empty means a dense input (the first layer reads ``X`` as it is).
 
-    ``mask``, ``columns`` and ``values``: for mini-batches, made anew for each batch.
+    ``mask`` and ``columns``: for mini-batches, made anew for each batch.
         ``mask`` (batch size x ``ceil(n_x / 64)``, ``uint64``) is filled by
-        :func:`forward` and read by :func:`backward`; ``columns`` and
-        ``values`` (``N_CHUNKS`` x ``n_x``) are scratch that lists one row's
-        nonzeros at a time, where they are and what they hold.
-    ``csc``: for full batches, made once by :func:`compress_columns` and read
-        by every step. ``(colptr, rowidx, values, chunk_starts)``: the nonzeros
-        grouped by feature with examples in increasing order (CSC form), and
-        where each of the ``N_CHUNKS`` chunks of examples of :func:`forward`
-        begins in each feature's group. The steps read these compact arrays
-        and never ``X``, whose rows are mostly zeros and whose columns lie
-        ``n_x`` elements apart.
+        :func:`forward` and read by :func:`backward`; ``columns``
+        (``N_CHUNKS`` x ``n_x``) is scratch that lists one row's nonzeros at
+        a time.
+    ``csr`` and ``csc``: for full batches, made once and read by every step.
+        Where the nonzeros are, by example, ``(indptr, indices)`` from
+        :func:`compress_rows`, and by feature, ``(colptr, rowidx)`` from
+        :func:`transpose_sparse`; the values are read from ``X`` itself.
 
-    Column numbers (``columns``) and example numbers (``rowidx``) take the
-    smallest unsigned integer type that numbers them.
+    Column numbers (``columns`` and ``csr``'s ``indices``) share one unsigned
+    integer type, the smallest that numbers the inputs.
     """
 
     mask: np.ndarray
     columns: np.ndarray
-    values: np.ndarray
+    csr: tuple
     csc: tuple
 
 
@@ -436,66 +435,60 @@ def _mark_nonzeros(x, mask_row):
 
 
 @kernel
-def _marked_columns(mask_row, x, columns, values):
+def _marked_columns(mask_row, columns):
     """Write the columns that one row of a mask marks into ``columns``, in
-    increasing order, and their entries of ``x`` into ``values``; return how
-    many there are."""
+    increasing order; return how many there are."""
     n = 0
     for w in range(mask_row.size):
         bits = mask_row[w]
         while bits:
-            k = np.uint64(64 * w) + _trailing_zeros(bits)
-            columns[n] = k
-            values[n] = x[k]
+            columns[n] = np.uint64(64 * w) + _trailing_zeros(bits)
             bits &= bits - np.uint64(1)  # clear the lowest set bit
             n += 1
     return n
 
 
 @kernel
-def compress_columns(X, colptr, rowidx, values, chunk_starts):
-    """Write the nonzeros of ``X`` grouped by column, rows in increasing order
-    (CSC form): column ``k``'s rows are ``rowidx[colptr[k]:colptr[k + 1]]``
-    and its values ``values[...]`` alike. ``chunk_starts`` (``n_chunks + 1``
-    x ``n_x``) receives where the rows of chunk ``c`` (rows ``c m // n_chunks``
-    on, as :func:`forward` splits them) begin in each column.
-
-    ``rowidx`` and ``values`` have room for the nonzeros; NaN counts as one.
-    """
-    m, n_x = X.shape
-    n_chunks = chunk_starts.shape[0] - 1
-    colptr[0] = 0
-    for k in range(n_x):
-        colptr[k + 1] = 0
-    for r in range(m):
+def compress_rows(X, indptr, indices):
+    """Write the columns of the nonzeros of each row of ``X`` in CSR form;
+    return how many there are. ``indices`` needs room for one more entry."""
+    n = 0
+    indptr[0] = 0
+    for r in range(X.shape[0]):
         x = X[r]
-        for k in range(n_x):
-            colptr[k + 1] += x[k] != 0
-    for k in range(n_x):
-        colptr[k + 1] += colptr[k]
-    # The last row of chunk_starts is each column's write cursor; it ends at
-    # the column's end, which is what that row must hold.
-    cursor = chunk_starts[n_chunks]
-    _copy(colptr[:-1], cursor)
-    for c in range(n_chunks):
-        _copy(cursor, chunk_starts[c])
-        for r in range(c * m // n_chunks, (c + 1) * m // n_chunks):
-            x = X[r]
-            for k in range(n_x):
-                if x[k] != 0:
-                    rowidx[cursor[k]] = r
-                    values[cursor[k]] = x[k]
-                    cursor[k] += 1
+        for k in range(x.size):
+            # Branch-free: always write, advance only past a nonzero.
+            indices[n] = k
+            n += x[k] != 0
+        indptr[r + 1] = n
+    return n
 
 
 @kernel
-def _add_to_selected_rows(M, rows, weights, v):
-    """``M[rows[p]] += weights[p] * v`` for every ``p``: the transpose of
-    :func:`_add_selected_rows`, for one column of an input by feature."""
-    for p in range(rows.size):
-        _add_scaled(M[rows[p]], weights[p], v)
+def transpose_sparse(indptr, indices, colptr, rowidx):
+    """The positions listed by :func:`compress_rows`, grouped by column with
+    rows in increasing order: CSC form. ``colptr`` has one entry per column,
+    and one more."""
+    n_cols = colptr.size - 1
+    colptr[:] = 0
+    for p in range(indptr[-1]):
+        colptr[indices[p] + 1] += 1
+    for k in range(n_cols):
+        colptr[k + 1] += colptr[k]
+    # colptr[k] serves as the write cursor of column k, then is shifted back.
+    for r in range(indptr.size - 1):
+        for p in range(indptr[r], indptr[r + 1]):
+            k = indices[p]
+            rowidx[colptr[k]] = r
+            colptr[k] += 1
+    for k in range(n_cols, 0, -1):
+        colptr[k] = colptr[k - 1]
+    colptr[0] = 0
 
 
+# --------------------------------------------------------------------------
+# Forward pass
+# --------------------------------------------------------------------------
 @kernel
 def _dot(a, b):
     total = a[0] * 0
@@ -530,24 +523,16 @@ def forward(X, rows, nonzeros, W1, b1, W2, b2, activation, A1, A2):
 
     Writes ``A1 = f(X W1 + b1)`` and ``A2 = softmax(A1 W2.T + b2)``, one row
     per example. ``nonzeros`` (a :class:`Nonzeros`) lets the first layer
-    skip the zeros: a prepared form must be that of ``X`` with ``rows``
-    ``0, 1, ..., m - 1`` (its chunks of examples are this pass's); a mask is
+    skip the zeros: prepared forms must be those of ``X[rows]``; a mask is
     filled here, row by row, for the backward pass to read. ``A1`` and
     ``A2`` are C-contiguous.
-
-    A prepared input is read by feature: each chunk adds row ``k`` of ``W1``
-    into its examples that have feature ``k``. The backward pass reads the
-    same arrays, and both read the nonzeros' values from one compact array
-    instead of from ``X`` (a column of ``X`` is ``n_x`` elements apart);
-    W1 in float64 1.35x faster, float32 1.26x, than reading ``X`` by
-    example here and by feature there.
 
     Marking a mini-batch's rows as they are used, rather than in a pass of
     their own, reads each row from memory once (W2 in float64 and the
     estimator's batches of 200 in float32: 3-4% faster). The rows lie
     anywhere in ``X``, so each is asked for a little ahead of its turn.
     """
-    mask, columns, values, (colptr, rowidx, nonzero_values, chunk_starts) = nonzeros
+    mask, columns, (indptr, indices), _ = nonzeros
     m = rows.size
     for c in prange(N_CHUNKS):
         start, end = c * m // N_CHUNKS, (c + 1) * m // N_CHUNKS
@@ -558,16 +543,12 @@ def forward(X, rows, nonzeros, W1, b1, W2, b2, activation, A1, A2):
                 if r + PREFETCH_AHEAD < end:
                     _prefetch_row(X[rows[r + PREFETCH_AHEAD]])
                 _mark_nonzeros(x, mask[r])
-                n = _marked_columns(mask[r], x, columns[c], values[c])
-                _add_selected_rows(a1, values[c][:n], W1, columns[c][:n])
-            elif colptr.size == 0:
+                n = _marked_columns(mask[r], columns[c])
+                _add_selected_rows(a1, x, W1, columns[c][:n])
+            elif indptr.size > 0:
+                _add_selected_rows(a1, x, W1, indices[indptr[r] : indptr[r + 1]])
+            else:
                 _add_rows(a1, x, W1)
-        if colptr.size > 0:
-            # Prepared: feature by feature, the chunk's examples that have it
-            # gain its row of W1.
-            for k in range(W1.shape[0]):
-                p0, p1 = chunk_starts[c, k], chunk_starts[c + 1, k]
-                _add_to_selected_rows(A1, rowidx[p0:p1], nonzero_values[p0:p1], W1[k])
         _output_layer(A1[start:end], activation, W2, b2, A2[start:end])
 
 
@@ -700,7 +681,7 @@ def _feature_block(n_h, itemsize):
 @kernel
 def _part_of_columns(colptr, part, n_parts):
     """The columns ``k0:k1`` of part ``part`` of ``n_parts`` that hold about
-    equal numbers of nonzeros (``colptr`` from :func:`compress_columns`)."""
+    equal numbers of nonzeros (``colptr`` from :func:`transpose_sparse`)."""
     starts, nnz = colptr[:-1], colptr[-1]
     k0 = 0 if part == 0 else np.searchsorted(starts, part * nnz // n_parts)
     k1 = (
@@ -763,7 +744,7 @@ def backward(
     #   others; full-batch backward 2-6% faster than blocks of 16 features).
     # - a dense input costs the same for every feature: blocks of 16 share
     #   them evenly between threads (64: 15-19% slower in float64).
-    mask, _, _, (colptr, rowidx, nonzero_values, _) = nonzeros
+    mask, _, _, (colptr, rowidx) = nonzeros
     n_x, n_h = W1.shape
     size = _feature_block(n_h, W1.itemsize) if mask.shape[0] > 0 else 16
     word_mask = np.uint64(0xFFFFFFFFFFFFFFFF) >> np.uint64(64 - size)
@@ -775,9 +756,9 @@ def backward(
             k0, k1 = block * size, min(n_x, block * size + size)
         dW1[k0:k1] = 0
         if colptr.size > 0:
+            # Prepared for a full batch: rows[r] is r, so X[:, k] is the column.
             for k in range(k0, k1):
-                p0, p1 = colptr[k], colptr[k + 1]
-                _add_selected_rows(dW1[k], nonzero_values[p0:p1], A1, rowidx[p0:p1])
+                _add_selected_rows(dW1[k], X[:, k], A1, rowidx[colptr[k] : colptr[k + 1]])
         else:
             word, shift = k0 // 64, np.uint64(k0 % 64)
             for r in range(m):
