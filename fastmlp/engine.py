@@ -131,42 +131,43 @@ def _work(capacity: int, n_h: int, n_y: int, dtype):
     )
 
 
-def _column_dtype(n_x: int):
-    """The smallest unsigned integer type that numbers ``n_x`` columns: the
-    lists of nonzero columns are the largest arrays a full batch keeps."""
-    return np.uint16 if n_x <= 1 << 16 else np.uint32
+def _index_dtype(n: int):
+    """The smallest unsigned integer type that numbers ``n`` columns or
+    examples: the lists of nonzeros are the largest arrays a full batch keeps."""
+    return np.uint16 if n <= 1 << 16 else np.uint32
 
 
-def _empty_nonzeros(n_x: int, mask_rows: int = 0, chunks: int = 0):
-    columns = _column_dtype(n_x)
+def _empty_nonzeros(n_x: int, dtype, mask_rows: int = 0, chunks: int = 0):
+    columns = _index_dtype(n_x)
     return kernels.Nonzeros(
         np.empty((mask_rows, -(-n_x // 64) if mask_rows else 0), np.uint64),
         np.empty((chunks, n_x if chunks else 0), columns),
         (np.empty(0, np.int64), np.empty(0, columns)),
-        (np.empty(0, np.int64), np.empty(0, np.uint32)),
+        (np.empty(0, np.int64), np.empty(0, np.uint16), np.empty(0, dtype)),
     )
 
 
-def dense_input(n_x: int) -> kernels.Nonzeros:
-    """The :class:`kernels.Nonzeros` that tells the kernels to read the input as it is."""
-    return _empty_nonzeros(n_x)
+def dense_input(n_x: int, dtype) -> kernels.Nonzeros:
+    """The :class:`kernels.Nonzeros` that tells the kernels to read the input
+    (``n_x`` features of ``dtype``) as it is."""
+    return _empty_nonzeros(n_x, dtype)
 
 
-def batch_input(capacity: int, n_x: int) -> kernels.Nonzeros:
+def batch_input(capacity: int, n_x: int, dtype) -> kernels.Nonzeros:
     """Room to mark the nonzeros of each mini-batch of up to ``capacity`` examples."""
-    return _empty_nonzeros(n_x, capacity, kernels.N_CHUNKS)
+    return _empty_nonzeros(n_x, dtype, capacity, kernels.N_CHUNKS)
 
 
 def prepared_input(X) -> kernels.Nonzeros:
-    """Where the nonzeros of ``X`` are, by example and by feature, for
-    repeated steps on all of ``X``."""
+    """Where the nonzeros of ``X`` are, by example and by feature (with a
+    copy of their values), for repeated steps on all of ``X``."""
     m, n_x = X.shape
     nnz = int(np.count_nonzero(X))
-    csr = np.empty(m + 1, np.int64), np.empty(nnz + 1, _column_dtype(n_x))
-    csc = np.empty(n_x + 1, np.int64), np.empty(nnz, np.uint32)
+    csr = np.empty(m + 1, np.int64), np.empty(nnz + 1, _index_dtype(n_x))
+    csc = np.empty(n_x + 1, np.int64), np.empty(nnz, _index_dtype(m)), np.empty(nnz, X.dtype)
     kernels.compress_rows(X, *csr)
-    kernels.transpose_sparse(*csr, *csc)
-    return _empty_nonzeros(n_x)._replace(csr=csr, csc=csc)
+    kernels.transpose_sparse(X, *csr, *csc)
+    return _empty_nonzeros(n_x, X.dtype)._replace(csr=csr, csc=csc)
 
 
 class FastNetwork:
@@ -188,7 +189,7 @@ class FastNetwork:
         self.activation = activation
         self._code = kernels.ACTIVATIONS[activation]
         self._epoch_buffers = {}
-        self._dense = dense_input(n_x)
+        self._dense = dense_input(n_x, theta.dtype)
 
     @property
     def dtype(self):
@@ -213,7 +214,7 @@ class FastNetwork:
         m = X.shape[0]
         size = min(m, PREDICT_CHUNK)
         A1, A2 = np.empty((size, n_h), self.dtype), np.empty((m, n_y), self.dtype)
-        nonzeros = batch_input(size, n_x) if is_sparse(X) else self._dense
+        nonzeros = batch_input(size, n_x, self.dtype) if is_sparse(X) else self._dense
         for start in range(0, m, size):
             rows = np.arange(start, min(m, start + size))
             kernels.forward(
@@ -256,7 +257,7 @@ class FastNetwork:
         if key not in self._epoch_buffers:
             n_x, n_h, n_y = self.dims
             work = _work(batch_size, n_h, n_y, self.dtype)
-            nonzeros = batch_input(batch_size, n_x) if sparse else self._dense
+            nonzeros = batch_input(batch_size, n_x, self.dtype) if sparse else self._dense
             self._epoch_buffers = {key: (work, nonzeros)}
         work, nonzeros = self._epoch_buffers[key]
         weights = _example_weights(weights)
@@ -283,8 +284,8 @@ class FullBatch:
     """Steps of full-batch gradient descent on one data set, buffers allocated once.
 
     For a sparse input the nonzeros are extracted once, in both orders the
-    kernels need (by example for the forward pass, by feature for the
-    backward pass), and reused by every step.
+    kernels need (by example for the forward pass, by feature with their
+    values for the backward pass), and reused by every step.
     """
 
     def __init__(self, network: FastNetwork, X, labels, sparse: bool | None, weights=None):

@@ -77,8 +77,8 @@ def input_nonzeros(X, form):
     if form == "prepared":
         return engine.prepared_input(X)
     if form == "mask":
-        return engine.batch_input(len(X), X.shape[1])
-    return engine.dense_input(X.shape[1])
+        return engine.batch_input(len(X), X.shape[1], X.dtype)
+    return engine.dense_input(X.shape[1], X.dtype)
 
 
 def kernel_gradients(

@@ -132,7 +132,7 @@ def test_forward_marks_exactly_the_nonzeros(rng, dtype, n_x):
     X[6, :3] = [np.nan, -0.0, np.inf]  # NaN and inf are nonzero; -0.0 is zero
     rows = rng.permutation(40)[:25]
     params = kernels.unpack(np.zeros(n_x * 4 + 4 + 3 * 4 + 3, dtype), n_x, 4, 3)
-    nonzeros = engine.batch_input(25, n_x)
+    nonzeros = engine.batch_input(25, n_x, dtype)
     mask = nonzeros.mask
     mask[:] = np.uint64(2**64 - 1)  # whatever an earlier batch left
     A1, A2 = np.empty((25, 4), dtype), np.empty((25, 3), dtype)
@@ -157,6 +157,8 @@ def test_prepared_nonzeros_match_scipy(rng, dtype):
     by_column.sort_indices()
     np.testing.assert_array_equal(csc[0], by_column.indptr)
     np.testing.assert_array_equal(csc[1], by_column.indices)
+    np.testing.assert_array_equal(csc[2], by_column.data)
+    assert csc[1].dtype == np.uint16 and csc[2].dtype == dtype
 
 
 def test_is_sparse_decides_by_density(rng):
@@ -416,4 +418,18 @@ def test_inputs_wider_than_16_bit_column_numbers(rng, form):
     Y = reference.one_hot(y, n_y).astype(np.float64)
     expected = reference.backward(Z1, A1_ref, Z2, A2_ref, params[0], params[2], X.T, Y)
     assert_close(grads[2], expected[2])  # through the forward pass's A1 and A2
+    assert_close(grads[0], expected[0].T)
+
+
+def test_full_batches_beyond_16_bit_example_numbers(rng):
+    m, n_x, n_h, n_y = (1 << 16) + 9, 6, 3, 2
+    X, y = sparse_data(rng, m, n_x, n_y, np.float64, density=0.5)
+    X[-3:, 2] = 0.75  # nonzeros beyond example 65,535
+    params = make_network(rng, n_x, n_h, n_y, np.float64)
+    assert input_nonzeros(X, "prepared").csc[1].dtype == np.uint32
+    _, grads = kernel_gradients(X, y, kernel_layout(*params), form="prepared")
+    Z1, A1_ref, Z2, A2_ref = reference.forward(*params, X.T)
+    Y = reference.one_hot(y, n_y).astype(np.float64)
+    expected = reference.backward(Z1, A1_ref, Z2, A2_ref, params[0], params[2], X.T, Y)
+    assert_close(grads[2], expected[2])
     assert_close(grads[0], expected[0].T)

@@ -227,7 +227,7 @@ def test_loss_stays_finite_for_huge_logits(dtype):
     W2 = np.array([[1e4, -1e4], [-1e4, 1e4]], dtype)  # n_y x n_h
     b2 = np.zeros(2, dtype)
     rows = np.arange(3)
-    dense = engine.dense_input(X.shape[1])
+    dense = engine.dense_input(X.shape[1], X.dtype)
     A1, A2, partial, partial_loss = engine._work(3, 2, 2, dtype)
     with np.errstate(over="raise", divide="raise", invalid="raise"):
         kernels.forward(X, rows, dense, W1, b1, W2, b2, kernels.LOGISTIC, A1, A2)
