@@ -62,9 +62,9 @@ def measure(root, cache_dir, workloads, dtypes, scale: float = 1.0) -> dict[str,
         workloads=list(workloads),
         scale=scale,
     )
-    path = os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env = dict(os.environ, PYTHONPATH=path, NUMBA_CACHE_DIR=str(cache_dir))
-    # Run from root, so that the path Python searches first holds that version.
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir))
+    # Run from root: Python searches the current directory first, so that is
+    # the version it imports (the child checks).
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=root, env=env, check=True, capture_output=True, text=True
     ).stdout

@@ -133,7 +133,8 @@ def _work(capacity: int, n_h: int, n_y: int, dtype):
 
 def _index_dtype(n: int):
     """The smallest unsigned integer type that numbers ``n`` columns or
-    examples: the lists of nonzeros are the largest arrays a full batch keeps."""
+    examples: after the copy of their values, the lists of nonzeros are the
+    largest arrays a full batch keeps."""
     return np.uint16 if n <= 1 << 16 else np.uint32
 
 
@@ -143,7 +144,9 @@ def _empty_nonzeros(n_x: int, dtype, mask_rows: int = 0, chunks: int = 0):
         np.empty((mask_rows, -(-n_x // 64) if mask_rows else 0), np.uint64),
         np.empty((chunks, n_x if chunks else 0), columns),
         (np.empty(0, np.int64), np.empty(0, columns)),
-        (np.empty(0, np.int64), np.empty(0, np.uint16), np.empty(0, dtype)),
+        # The types of a prepared batch of up to 65,536 examples, so that every
+        # form of the input runs the same compiled kernels.
+        (np.empty(0, np.int64), np.empty(0, _index_dtype(0)), np.empty(0, dtype)),
     )
 
 
