@@ -364,8 +364,8 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
         (n_x, n_h), n_y = coefs[0].shape, coefs[1].shape[1]
         # flatten_params takes the notebook's layout, the transpose of coefs_.
         theta = flatten_params(
-            coefs[0].T, np.asarray(intercepts[0]), coefs[1].T, np.asarray(intercepts[1])
-        ).astype(dtype)
+            coefs[0].T, np.asarray(intercepts[0]), coefs[1].T, np.asarray(intercepts[1]), dtype
+        )
         return FastNetwork(theta, n_x, n_h, n_y, self.activation)
 
     def _make_optimizer(self):
