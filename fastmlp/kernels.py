@@ -528,6 +528,38 @@ def _dot(a, b):
 
 
 @kernel
+def _affine_row(out, M, v, b):
+    """``out = M @ v + b``, four rows of ``M`` per pass over ``v``.
+
+    Each row is a sum across one vector, which ends in a sum across its
+    lanes; four at a time share the loads of ``v`` and the loop's set-up
+    (output layer of MNIST's network: 1.75x faster in float32, 1.23x in
+    float64, than one row at a time; eight at a time is no faster).
+    """
+    n = out.size
+    zero = v.dtype.type(0)
+    o = 0
+    while o + 4 <= n:
+        m0, m1, m2, m3 = M[o], M[o + 1], M[o + 2], M[o + 3]
+        s0 = s1 = s2 = s3 = zero
+        for h in range(v.size):
+            s0 += m0[h] * v[h]
+            s1 += m1[h] * v[h]
+            s2 += m2[h] * v[h]
+            s3 += m3[h] * v[h]
+        out[o], out[o + 1], out[o + 2], out[o + 3] = (
+            b[o] + s0,
+            b[o + 1] + s1,
+            b[o + 2] + s2,
+            b[o + 3] + s3,
+        )
+        o += 4
+    while o < n:
+        out[o] = b[o] + _dot(M[o], v)
+        o += 1
+
+
+@kernel
 def _output_layer(A1, activation, W2, b2, A2):
     """From ``A1 = Z1`` of a C-contiguous block of examples: activate it, then
     ``A2 = out(A1 W2.T + b2)``.
@@ -538,9 +570,7 @@ def _output_layer(A1, activation, W2, b2, A2):
     """
     _activate_row(A1.reshape(A1.size), activation)
     for r in range(A1.shape[0]):
-        a1, a2 = A1[r], A2[r]
-        for o in range(a2.size):
-            a2[o] = b2[o] + _dot(W2[o], a1)
+        _affine_row(A2[r], W2, A1[r], b2)
     if A2.shape[1] == 1:
         _logistic_row(A2.reshape(A2.size))
     else:
@@ -606,38 +636,56 @@ def _output_delta_row(a2, label):
 
 
 @kernel(noalias=True)
-def _backprop_row(label, W2, activation, a1, dz2, sums, share):
-    """One example's share of the backward pass; returns its loss.
+def _hidden_delta_row(W2, activation, a1, dz2, db1, back):
+    """``a1 := dZ1 = (dZ2 @ W2) * f'(Z1)`` for one example, from ``a1 = f(Z1)``
+    and its (scaled) ``dz2``, and ``db1 += dZ1``; ``back`` is scratch. Its
+    arrays never overlap, which it declares (``noalias``: the per-example
+    step it was part of measured 16% faster in float64 with it).
+    """
+    back[:] = 0
+    _add_rows(back, dz2, W2)
+    _derivative_row(a1, activation)
+    for h in range(a1.size):
+        a1[h] *= back[h]
+        db1[h] += a1[h]
 
-    ``share`` is the example's weight over the batch's total weight (``1/m``
-    unweighted). Turns ``dz2 = a2`` into ``share (A2 - Y)`` and ``a1`` into
-    ``share dZ1``, and adds the example's terms into ``sums``: ``dW2``
+
+@kernel(noalias=True)
+def _backprop_rows(y, weights, rows, inv_total, W2, activation, A1, A2, sums):
+    """The backward pass's share of the examples ``rows`` (a chunk of a
+    batch), whose activations are the rows of ``A1, A2``; returns the sum of
+    their losses, weighted.
+
+    Each example's share is its weight times ``inv_total`` (``1/m``
+    unweighted). Turns ``A2`` into ``share (A2 - Y)`` and ``A1`` into
+    ``share dZ1``, and adds the examples' terms into ``sums``: ``dW2``
     (``n_y*n_h``), ``db2`` (``n_y``), ``db1`` (``n_h``), followed by ``n_h``
     entries of scratch. Scaling here, once per example, makes every sum a
     (weighted) mean as it is added, so no pass over the gradients is needed
-    afterwards. Its arrays are rows of four separate buffers, which it
-    declares (``noalias``: in float64 16% faster, measured alone).
+    afterwards.
     """
     n_y, n_h = W2.shape
     dW2 = sums[: n_y * n_h].reshape((n_y, n_h))
     db2 = sums[n_y * n_h : n_y * n_h + n_y]
     db1 = sums[n_y * n_h + n_y : n_y * n_h + n_y + n_h]
     back = sums[n_y * n_h + n_y + n_h :]
-    loss = _output_delta_row(dz2, label)
+    loss = 0.0
+    for r in range(rows.size):
+        weight = 1.0 if weights.size == 0 else weights[rows[r]]
+        dz2 = A2[r]
+        loss += weight * _output_delta_row(dz2, y[rows[r]])
+        share = dz2.dtype.type(weight * inv_total)
+        for o in range(n_y):
+            dz2[o] *= share
+            db2[o] += dz2[o]
+    # dW2 += dZ2.T @ A1 a row at a time, before A1 is overwritten: each pass
+    # over a row of dW2 gains four examples, where one example at a time
+    # loaded and stored all of dW2 for each (this part of W1's backward pass:
+    # 1.2x faster in float32, 1.16x in float64).
     for o in range(n_y):
-        dz2[o] *= share
-    for o in range(n_y):
-        db2[o] += dz2[o]
-        g, d = dW2[o], dz2[o]
-        for h in range(n_h):
-            g[h] += d * a1[h]
-    # dZ1 = (dZ2 @ W2) * f'(Z1), written over A1, which is used up.
-    back[:] = 0
-    _add_rows(back, dz2, W2)
-    _derivative_row(a1, activation)
-    for h in range(n_h):
-        a1[h] *= back[h]
-        db1[h] += a1[h]
+        _add_rows(dW2[o], A2[:, o], A1)
+    for r in range(rows.size):
+        _hidden_delta_row(W2, activation, A1[r], A2[r], db1, back)
     return loss
 
 
@@ -757,13 +805,12 @@ def backward(
     inv_total = 1.0 / total if total != 0 else 0.0
     penalty = W1.dtype.type(l2 / total if total != 0 else 0.0)
     for c in prange(N_CHUNKS):
+        start, end = c * m // N_CHUNKS, (c + 1) * m // N_CHUNKS
         partial[c] = 0
-        partial_loss[c] = 0.0
-        for r in range(c * m // N_CHUNKS, (c + 1) * m // N_CHUNKS):
-            weight = 1.0 if weights.size == 0 else weights[rows[r]]
-            share = W1.dtype.type(weight * inv_total)
-            loss = _backprop_row(y[rows[r]], W2, activation, A1[r], A2[r], partial[c], share)
-            partial_loss[c] += weight * loss
+        partial_loss[c] = _backprop_rows(
+            y, weights, rows[start:end], inv_total, W2, activation, A1[start:end],
+            A2[start:end], partial[c],
+        )  # fmt: skip
     loss = _add_chunks(partial, partial_loss, total, W1, W2, l2, penalty, dW2, db2, db1)
     # dW1 = X.T @ dZ1. Blocks of features own their rows of dW1 and add the
     # examples in order, so neither the thread count nor the blocks ever
