@@ -75,6 +75,13 @@ def as_matrix(X, name: str = "X", *, dtype=None, n_features: int | None = None):
         )
     target = resolve_dtype(dtype, array)
     array = np.ascontiguousarray(array, dtype=target)
+    # A sum is finite only if every term is: one pass and no array of booleans,
+    # as scikit-learn checks (W2's 10,000 images in float64: 1.9 ms against
+    # 3.0 ms; in float32 both take about 1.5 ms, the time to read X). Where the
+    # sum is not finite, find the first culprit, or none if it overflowed.
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(array.sum()):
+            return array
     # In slices, so that checking a large X does not allocate another X of booleans.
     for start in range(0, array.shape[0], _CHECK_ROWS):
         finite = np.isfinite(array[start : start + _CHECK_ROWS])

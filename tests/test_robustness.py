@@ -167,6 +167,17 @@ def test_bad_input(case):
         call()
 
 
+def test_huge_finite_input_whose_sum_overflows_is_accepted():
+    # The finiteness check sums X first; an overflowing sum must fall back to
+    # the element-wise check, not reject finite data.
+    X = np.full((4, 3), np.finfo(np.float32).max, np.float32)
+    X[::2] = 0
+    with np.errstate(over="ignore"):
+        assert np.isinf(X.sum())
+    model = fastmlp.train(X, [0, 1, 0, 1], hidden=2, iterations=0, log_every=None)
+    assert model.predict(X).shape == (4,)
+
+
 def test_the_table_in_contributing_lists_every_case():
     from pathlib import Path
 
