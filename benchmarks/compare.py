@@ -5,9 +5,9 @@
 ``BASE`` is a git revision (a commit, a branch, ``HEAD``). It is checked out
 in a temporary worktree and compared with the working tree, as
 CONTRIBUTING.md's measuring traps ask: the two versions take turns, each in a
-fresh process with its own ``NUMBA_CACHE_DIR`` (two versions in one process
-favour the one warmed up first, and a shared machine's speed drifts over
-minutes), and which goes first alternates from pair to pair. Each process
+fresh process with its own ``NUMBA_CACHE_DIR`` (even two copies of the same
+code in one process run at different speeds, and a shared machine's speed
+drifts over minutes), and which goes first alternates from pair to pair. Each process
 times every workload once on the fast path, after an untimed warm-up. A
 first pair that only fills the two caches is not counted.
 

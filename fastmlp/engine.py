@@ -254,7 +254,9 @@ class FastNetwork:
         n_x, n_h, n_y = self.dims
         m = X.shape[0]
         size = min(m, PREDICT_CHUNK)
-        A1, A2 = aligned_empty((size, n_h), self.dtype), aligned_empty((m, n_y), self.dtype)
+        # A2 is the caller's result: a plain array (its rows of classes are
+        # read once, so where it starts does not matter).
+        A1, A2 = aligned_empty((size, n_h), self.dtype), np.empty((m, n_y), self.dtype)
         nonzeros = batch_input(size, n_x, self.dtype) if is_sparse(X) else self._dense
         for start in range(0, m, size):
             rows = np.arange(start, min(m, start + size))
