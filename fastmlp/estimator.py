@@ -15,7 +15,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from . import kernels
 from ._validation import resolve_dtype
-from .engine import FastNetwork, Optimizer, class_indices, flatten_params, is_sparse
+from .engine import FastNetwork, Optimizer, class_indices, flatten_params
 from .errors import DivergenceError
 
 SOLVERS = ("sgd", "adam", "gd")
@@ -422,7 +422,8 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
                     stacklevel=3,
                 )
             batch_size = min(batch_size, n)
-            sparse = is_sparse(X)
+            epochs = 1 if incremental else self.max_iter
+            batches = network.mini_batches(X, labels, batch_size, weights=weights, epochs=epochs)
         order = np.arange(n)
         for _ in range(1 if incremental else self.max_iter):
             before = network.theta.copy()
@@ -431,9 +432,7 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
             else:
                 if self.shuffle:
                     self._random_state.shuffle(order)
-                total, failed = network.epoch(
-                    X, labels, order, batch_size, optimizer, sparse, weights
-                )
+                total, failed = batches.epoch(order, optimizer)
                 finite, loss = failed < 0, total / n
             if not finite:
                 network.theta[:] = before

@@ -21,7 +21,6 @@ from .engine import (
     Optimizer,
     class_indices,
     flatten_params,
-    is_sparse,
     notebook_params,
 )
 from .errors import DivergenceError
@@ -153,7 +152,9 @@ def train(
         run = _FULL_BATCH[backend](X, labels, params, alpha, activation)
         steps, first, word = range(iterations + 1), 0, "Iteration"
     else:
-        run = _MINI_BATCH[backend](X, labels, params, alpha, activation, batch_size, seed)
+        run = _MINI_BATCH[backend](
+            X, labels, params, alpha, activation, batch_size, seed, iterations
+        )
         steps, first, word = range(1, iterations + 1), 1, "Epoch"
     del params  # the fast path copied them: keep one copy through training
 
@@ -253,7 +254,7 @@ class _MiniBatch:
 
 
 class _ReferenceMiniBatch(_MiniBatch, _Reference):
-    def __init__(self, X, labels, params, alpha, activation, batch_size, seed):
+    def __init__(self, X, labels, params, alpha, activation, batch_size, seed, epochs):
         _Reference.__init__(self, X, labels, params, alpha, activation)
         self._shuffle(labels, batch_size, seed)
 
@@ -297,14 +298,17 @@ class _FastFullBatch(_Fast):
 
 
 class _FastMiniBatch(_MiniBatch, _Fast):
-    def __init__(self, X, labels, params, alpha, activation, batch_size, seed):
+    def __init__(self, X, labels, params, alpha, activation, batch_size, seed, epochs):
         _Fast.__init__(self, X, labels, params, alpha, activation)
         self._shuffle(labels, batch_size, seed)
-        self.sparse = is_sparse(X)
+        self.batches = self.network.mini_batches(X, labels, self.batch_size, epochs=epochs)
+
+    def release(self):
+        super().release()
+        del self.batches
 
     def _epoch(self, order):
-        net = self.network
-        return net.epoch(self.X, self.labels, order, self.batch_size, self.optimizer, self.sparse)
+        return self.batches.epoch(order, self.optimizer)
 
     def predicted_classes(self):
         return class_indices(self.network.output(self.X))

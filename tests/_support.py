@@ -64,8 +64,9 @@ def sparse_data(rng, m, n_x, n_y, dtype, density=0.2):
     return X.astype(dtype), rng.integers(0, n_y, m)
 
 
-FORMS = ["dense", "mask", "prepared"]
-"""How the kernels can see an input: as it is, through a nonzero mask (mini-batches)
+FORMS = ["dense", "mask", "listed", "prepared"]
+"""How the kernels can see an input: as it is, through a nonzero mask (mini-batches
+seen once), through its nonzeros listed by example (mini-batches for many epochs)
 or through its nonzeros prepared in both orders (full batches)."""
 
 
@@ -78,6 +79,8 @@ def input_nonzeros(X, form):
         return engine.prepared_input(X)
     if form == "mask":
         return engine.batch_input(len(X), X.shape[1], X.dtype)
+    if form == "listed":
+        return engine.listed_input(X)
     return engine.dense_input(X.shape[1], X.dtype)
 
 

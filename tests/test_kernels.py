@@ -148,7 +148,8 @@ def test_prepared_nonzeros_match_scipy(rng, dtype):
     X, _ = sparse_data(rng, 40, 29, 3, dtype, density=0.3)
     X[5] = 0  # an empty row
     X[:, 7] = 0  # an empty column
-    csr, csc = engine.prepared_input(X)[2:]
+    prepared = engine.prepared_input(X)
+    csr, csc = prepared.csr, prepared.csc
     expected = scipy.sparse.csr_array(X)
     nnz = expected.nnz
     np.testing.assert_array_equal(csr[0], expected.indptr)
@@ -159,6 +160,24 @@ def test_prepared_nonzeros_match_scipy(rng, dtype):
     np.testing.assert_array_equal(csc[1], by_column.indices)
     np.testing.assert_array_equal(csc[2], by_column.data)
     assert csc[1].dtype == np.uint16 and csc[2].dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_listed_nonzeros_match_scipy(rng, dtype):
+    X, _ = sparse_data(rng, 40, 150, 3, dtype, density=0.3)
+    X[5] = 0  # an empty row
+    X[:, 70] = 0  # an empty column
+    X[6, :3] = [np.nan, -0.0, np.inf]  # NaN and inf are nonzero; -0.0 is zero
+    wordptr, indices, values = engine.listed_input(X).listed
+    expected = scipy.sparse.csr_array(np.where(X == 0, 0, X))
+    assert wordptr.shape == (40, 4)
+    np.testing.assert_array_equal(wordptr[:, 0], expected.indptr[:-1])
+    np.testing.assert_array_equal(wordptr[:, -1], expected.indptr[1:])
+    np.testing.assert_array_equal(indices, expected.indices)
+    np.testing.assert_array_equal(values, expected.data)
+    for w in range(1, 3):  # where each row's features from 64 w on start
+        np.testing.assert_array_equal(wordptr[:, w], wordptr[:, 0] + (X[:, : 64 * w] != 0).sum(1))
+    assert indices.dtype == np.uint16 and values.dtype == dtype
 
 
 def test_is_sparse_decides_by_density(rng):
@@ -233,11 +252,12 @@ def test_parts_of_columns_share_the_nonzeros_evenly(rng, density):
 
 
 @pytest.mark.parametrize("n_h", [24, 200, 1100], ids=["64-features", "16-features", "2-features"])
-def test_mini_batch_gradient_matches_reference_for_every_block_size(rng, n_h):
+@pytest.mark.parametrize("form", ["mask", "listed"])
+def test_mini_batch_gradient_matches_reference_for_every_block_size(rng, n_h, form):
     m, n_x, n_y, l2 = 37, 157, 3, 0.3
     X, y = sparse_data(rng, m, n_x, n_y, np.float64)
     params = make_network(rng, n_x, n_h, n_y, np.float64)
-    _, grads = kernel_gradients(X, y, kernel_layout(*params), form="mask", l2=l2)
+    _, grads = kernel_gradients(X, y, kernel_layout(*params), form=form, l2=l2)
     Z1, A1, Z2, A2 = reference.forward(*params, X.T)
     Y = reference.one_hot(y, n_y).astype(np.float64)
     expected = reference.backward(Z1, A1, Z2, A2, params[0], params[2], X.T, Y, l2=l2)
@@ -314,8 +334,8 @@ def test_update_rules_match_reference(rng, dtype, rule):
 # ---- whole epochs ------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("solver", ["sgd", "momentum", "adam"])
-@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
-def test_train_epoch_matches_reference(rng, dtype, solver, sparse):
+@pytest.mark.parametrize("form", ["dense", "mask", "listed"])
+def test_train_epoch_matches_reference(rng, dtype, solver, form):
     m, n_x, n_h, n_y, batch = 150, 100, 16, 5, 32
     X, y = sparse_data(rng, m, n_x, n_y, dtype)
     params = make_network(rng, n_x, n_h, n_y, dtype)
@@ -331,9 +351,13 @@ def test_train_epoch_matches_reference(rng, dtype, solver, sparse):
     shapes = [p.shape for p in params]
     state = [[np.zeros(s, dtype) for s in shapes] for _ in range(2)]
     step = 0
+    # Planning one epoch marks each batch's nonzeros; planning more lists them.
+    batches = net.mini_batches(X, y, batch, form != "dense", epochs=3 if form == "listed" else 1)
+    assert (batches.nonzeros.mask.size > 0) == (form == "mask")
+    assert (batches.nonzeros.listed[0].size > 0) == (form == "listed")
     for _ in range(3):
         order = rng.permutation(m)
-        total, failed = net.epoch(X, y, order, batch, optimizer, sparse)
+        total, failed = batches.epoch(order, optimizer)
         expected_total, step, expected_failed = reference.train_epoch(
             expected,
             X.T,
@@ -356,6 +380,26 @@ def test_train_epoch_matches_reference(rng, dtype, solver, sparse):
 RTOL_EPOCHS = {np.float64: 1e-10, np.float32: 1e-3}
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_listed_and_marked_nonzeros_train_the_same_weights(rng, dtype):
+    # Hidden 200: the backward pass's blocks of features are parts of words.
+    m, n_x, n_h, n_y = 90, 150, 200, 4
+    X, y = sparse_data(rng, m, n_x, n_y, dtype)
+    theta = engine.flatten_params(*make_network(rng, n_x, n_h, n_y, dtype))
+    results = []
+    for epochs in (1, 3):  # marked, then listed
+        net = engine.FastNetwork(theta.copy(), n_x, n_h, n_y, "logistic")
+        optimizer = engine.Optimizer(
+            "sgd", theta.size, dtype, learning_rate=0.1, momentum=0.9, l2=0.01
+        )
+        batches = net.mini_batches(X, y, 16, sparse=True, epochs=epochs)
+        orders = np.random.default_rng(5)
+        for _ in range(3):
+            assert batches.epoch(orders.permutation(m), optimizer)[1] == -1
+        results.append(net.theta)
+    np.testing.assert_array_equal(*results)
+
+
 def test_non_finite_gradient_leaves_parameters_untouched(rng):
     m, n_x, n_h, n_y = 50, 10, 6, 3
     X, y = sparse_data(rng, m, n_x, n_y, np.float64)
@@ -369,12 +413,12 @@ def test_non_finite_gradient_leaves_parameters_untouched(rng):
     )
     before = net.theta.copy()
     optimizer = engine.Optimizer("sgd", net.theta.size, np.float64, learning_rate=0.1)
-    total, failed = net.epoch(X, y, np.arange(m), 10, optimizer, sparse=False)
+    total, failed = net.mini_batches(X, y, 10, sparse=False).epoch(np.arange(m), optimizer)
     assert failed == 1  # the batch holding example 17
     batch0 = net.theta.copy()
     assert not np.array_equal(batch0, before)  # batch 0 was applied...
     net2 = engine.FastNetwork(before.copy(), n_x, n_h, n_y, "logistic")
-    net2.epoch(X[:10], y[:10], np.arange(10), 10, optimizer, sparse=False)
+    net2.mini_batches(X[:10], y[:10], 10, sparse=False).epoch(np.arange(10), optimizer)
     np.testing.assert_array_equal(batch0, net2.theta)  # ...and nothing after it
 
 
@@ -392,7 +436,8 @@ def test_results_do_not_depend_on_the_thread_count(rng, sparse):
             numba.set_num_threads(threads)
             net = engine.FastNetwork(engine.flatten_params(*params), n_x, n_h, n_y, "relu")
             optimizer = engine.Optimizer("adam", net.theta.size, np.float32, learning_rate=0.01)
-            net.epoch(X, y, np.arange(m), 64, optimizer, sparse)
+            for epochs in (1, 2):  # marked, then listed
+                net.mini_batches(X, y, 64, sparse, epochs=epochs).epoch(np.arange(m), optimizer)
             batch = net.full_batch(X, y, sparse)
             for _ in range(3):
                 batch.step(optimizer)
@@ -403,7 +448,7 @@ def test_results_do_not_depend_on_the_thread_count(rng, sparse):
         np.testing.assert_array_equal(results[0], other)
 
 
-@pytest.mark.parametrize("form", ["mask", "prepared"])
+@pytest.mark.parametrize("form", ["mask", "listed", "prepared"])
 def test_inputs_wider_than_16_bit_column_numbers(rng, form):
     m, n_x, n_h, n_y = 5, (1 << 16) + 70, 3, 2
     X = np.zeros((m, n_x))
@@ -412,7 +457,8 @@ def test_inputs_wider_than_16_bit_column_numbers(rng, form):
     y = rng.integers(0, n_y, m)
     params = make_network(rng, n_x, n_h, n_y, np.float64)
     nonzeros = input_nonzeros(X, form)
-    assert nonzeros.columns.dtype == nonzeros.csr[1].dtype == np.uint32
+    column_numbers = nonzeros.columns, nonzeros.listed[1], nonzeros.csr[1]
+    assert {numbers.dtype for numbers in column_numbers} == {np.dtype(np.uint32)}
     _, grads = kernel_gradients(X, y, kernel_layout(*params), form=form)
     Z1, A1_ref, Z2, A2_ref = reference.forward(*params, X.T)
     Y = reference.one_hot(y, n_y).astype(np.float64)
