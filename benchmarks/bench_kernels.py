@@ -17,9 +17,14 @@ DTYPES = [np.float64, np.float32]
 M, N_X, N_H, N_Y = 2000, 784, 64, 10
 
 
-def network(dtype, X, y, sparse):
+def fast_network(dtype):
+    """The notebook's initial parameters, and a network that starts from them."""
     params = reference.init_params(N_X, N_H, N_Y, dtype=dtype)
-    net = engine.FastNetwork(engine.flatten_params(*params), N_X, N_H, N_Y, "logistic")
+    return params, engine.FastNetwork(engine.flatten_params(*params), N_X, N_H, N_Y, "logistic")
+
+
+def network(dtype, X, y, sparse):
+    params, net = fast_network(dtype)
     return params, net, net.full_batch(X, y, sparse)
 
 
@@ -125,5 +130,27 @@ def bench_first_layer_density(benchmark, smoke, first_layer, density, batching):
         benchmark.pedantic(batch.step, args=(optimizer,), rounds=10, warmup_rounds=1)
     else:
         benchmark.group = f"first-layer density {density:.2f}: one epoch, batches of 64"
-        args = (X, y, np.arange(m), 64, optimizer, sparse)
-        benchmark.pedantic(net.epoch, args=args, rounds=10, warmup_rounds=1)
+        batches = net.mini_batches(X, y, 64, sparse)
+        benchmark.pedantic(
+            batches.epoch, args=(np.arange(m), optimizer), rounds=10, warmup_rounds=1
+        )
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("epochs", [1, 20], ids=["marked per batch", "listed once"])
+def bench_mini_batch_nonzeros(benchmark, smoke, dtype, epochs):
+    """An epoch of the estimator's benchmark (8,000 MNIST digits, batches of
+    200, Adam) with the nonzeros marked in each batch, as for a single epoch,
+    or listed once, as for many."""
+    X, y, _ = load_data(1000 if smoke else 8000, dtype)
+    _, net = fast_network(dtype)
+    optimizer = engine.Optimizer("adam", net.theta.size, dtype, learning_rate=1e-3, l2=1e-4)
+    batches = net.mini_batches(X, y, 200, sparse=True, epochs=epochs)
+    orders = np.random.default_rng(0)
+    benchmark.group = f"mini-batch epoch {dtype.__name__}: nonzeros marked or listed"
+    benchmark.pedantic(
+        batches.epoch,
+        setup=lambda: ((orders.permutation(len(y)), optimizer), {}),
+        rounds=20,
+        warmup_rounds=1,
+    )
