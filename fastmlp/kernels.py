@@ -644,9 +644,10 @@ def forward(X, rows, nonzeros, W1, b1, W2, b2, activation, A1, A2):
 
     Writes ``A1 = f(X W1 + b1)`` and ``A2 = softmax(A1 W2.T + b2)``, one row
     per example. ``nonzeros`` (a :class:`Nonzeros`) lets the first layer
-    skip the zeros: prepared forms must be those of ``X[rows]``; a mask is
-    filled here, row by row, for the backward pass to read. ``A1`` and
-    ``A2`` are C-contiguous.
+    skip the zeros: a full batch's prepared forms must be those of
+    ``X[rows]``, listed nonzeros those of ``X``; a mask is filled here, row
+    by row, for the backward pass to read. ``A1`` and ``A2`` are
+    C-contiguous.
 
     Marking a mini-batch's rows as they are used, rather than in a pass of
     their own, reads each row from memory once (W2 in float64 and the
@@ -860,7 +861,7 @@ def backward(
     scikit-learn's MLP; a batch of total weight 0 has no gradient and no loss.
     ``A1, A2`` come from :func:`forward` and are overwritten with ``dZ1 / m,
     dZ2 / m``.
-    ``nonzeros`` is the :class:`Nonzeros` of ``X[rows]``.
+    ``nonzeros`` is the :class:`Nonzeros` that :func:`forward` read.
     ``partial`` (``N_CHUNKS`` x ``n_y*n_h + n_y + 2*n_h``) and ``partial_loss``
     (``N_CHUNKS``, float64) are scratch. Returns the loss.
     """
