@@ -28,8 +28,6 @@ SETTINGS = {
 @pytest.mark.parametrize("library", ["fastmlp", "sklearn"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 def bench_estimator_fit(benchmark, smoke, library, solver, dtype):
-    if library == "sklearn" and dtype == np.float32 and not smoke:
-        pytest.skip("scikit-learn is compared in float64")
     n = 1000 if smoke else 8000
     X, y, source = load_data(n, dtype)
     epochs = 2 if smoke else 20

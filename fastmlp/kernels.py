@@ -404,7 +404,7 @@ class Nonzeros(NamedTuple):
         Every example's nonzeros and their values, ``(wordptr, indices,
         values)`` from :func:`list_nonzeros`, which both passes read instead
         of the rows of ``X``: a fraction of their size (MNIST's 8,000
-        training images: 50 MB as rows, 12 MB listed, in float64).
+        training images: 50 MB as rows, 12.8 MB listed, in float64).
     ``csr`` and ``csc``: for full batches, made once and read by every step.
         Where the nonzeros are, by example, ``(indptr, indices)`` from
         :func:`compress_rows`, and by feature, ``(colptr, rowidx, values)``
