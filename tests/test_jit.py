@@ -36,12 +36,20 @@ def run(env_overrides):
     return json.loads(done.stdout)
 
 
-def test_a_second_process_loads_the_kernels_from_the_cache(tmp_path):
-    cache = {"NUMBA_CACHE_DIR": str(tmp_path)}
-    first = run(cache)
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """A process with the default switches and an empty cache: its cache
+    directory and what it reported. Shared, since a cold compile takes most
+    of each of these tests."""
+    cache = tmp_path_factory.mktemp("default-cache")
+    return cache, run({"NUMBA_CACHE_DIR": str(cache)})
+
+
+def test_a_second_process_loads_the_kernels_from_the_cache(default_run):
+    cache, first = default_run
     assert all(hits == 0 and misses >= 1 for hits, misses in first["stats"].values())
-    assert any(tmp_path.rglob("*.nbi"))
-    second = run(cache)
+    assert any(cache.rglob("*.nbi"))
+    second = run({"NUMBA_CACHE_DIR": str(cache)})
     assert all(hits >= 1 and misses == 0 for hits, misses in second["stats"].values())
     assert second["W1"] == first["W1"]
 
@@ -52,15 +60,15 @@ def test_cache_can_be_switched_off(tmp_path):
     assert all(hits == 0 for hits, _ in result["stats"].values())
 
 
-def test_serial_kernels_give_the_same_model(tmp_path):
-    parallel = run({"NUMBA_CACHE_DIR": str(tmp_path / "a")})
-    serial = run({"NUMBA_CACHE_DIR": str(tmp_path / "b"), "FASTMLP_PARALLEL": "0"})
+def test_serial_kernels_give_the_same_model(tmp_path, default_run):
+    parallel = default_run[1]
+    serial = run({"NUMBA_CACHE_DIR": str(tmp_path), "FASTMLP_PARALLEL": "0"})
     np.testing.assert_allclose(serial["W1"], parallel["W1"], rtol=1e-12, atol=1e-15)
 
 
-def test_kernels_without_noalias_give_the_same_model(tmp_path):
-    declared = run({"NUMBA_CACHE_DIR": str(tmp_path / "a")})
-    checked = run({"NUMBA_CACHE_DIR": str(tmp_path / "b"), "FASTMLP_NOALIAS": "0"})
+def test_kernels_without_noalias_give_the_same_model(tmp_path, default_run):
+    declared = default_run[1]
+    checked = run({"NUMBA_CACHE_DIR": str(tmp_path), "FASTMLP_NOALIAS": "0"})
     np.testing.assert_allclose(checked["W1"], declared["W1"], rtol=1e-12, atol=1e-15)
 
 
