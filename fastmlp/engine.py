@@ -379,8 +379,12 @@ class MiniBatches:
     with the estimator's benchmark (8,000 MNIST digits, batches of 200, 20
     epochs), this code against the marking one in turns, 8 pairs of
     processes: fits 1.34x (Adam) and 1.21x (SGD) faster in float64, 1.20x
-    in float32; listing the digits takes about 6 ms. The trained weights are
-    the same, bitwise.
+    in float32; listing the digits takes about 6 ms. On random inputs with
+    20%, 50% and 75% nonzeros (8,000 x 784, batches of 200, the two taking
+    turns in one process) listed epochs were 1.00x to 1.18x faster. The
+    list takes the value and a 16-bit feature number per nonzero: near the
+    sparse threshold, in float32, more than ``X`` itself (1.4x at 75%).
+    The trained weights are the same, bitwise.
     """
 
     def __init__(
