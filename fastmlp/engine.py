@@ -306,68 +306,6 @@ class FastNetwork:
         ``weights`` (one per example) make each batch's loss a weighted mean."""
         return MiniBatches(self, X, labels, batch_size, sparse, weights, epochs)
 
-    def _train_epoch(self, X, labels, weights, order, batch_size, optimizer, work, nonzeros):
-        total, failed = kernels.train_epoch(
-            X,
-            labels,
-            weights,
-            order,
-            batch_size,
-            self.theta,
-            self.grads,
-            self._code,
-            optimizer.as_kernel_args(),
-            work,
-            nonzeros,
-        )
-        return float(total), int(failed)
-
-
-class FullBatch:
-    """Steps of full-batch gradient descent on one data set, buffers allocated once.
-
-    For a sparse input the nonzeros are extracted once, in both orders the
-    kernels need (by example for the forward pass, by feature with their
-    values for the backward pass), and reused by every step.
-    """
-
-    def __init__(self, network: FastNetwork, X, labels, sparse: bool | None, weights=None):
-        _, n_h, n_y = network.dims
-        m = X.shape[0]
-        self.network = network
-        self.X, self.labels = X, labels
-        self.weights = _example_weights(weights)
-        self.rows = np.arange(m)
-        self.work = _work(m, n_h, n_y, network.dtype)
-        if sparse is None:
-            sparse = is_sparse(X)
-        self.nonzeros = prepared_input(X) if sparse else network._dense
-
-    def step(self, optimizer: Optimizer) -> tuple[float, bool]:
-        """One forward, backward and update; returns the loss before the update
-        and whether the update was made (not when anything is non-finite)."""
-        m = self.rows.size
-        total, failed = self.network._train_epoch(
-            self.X,
-            self.labels,
-            self.weights,
-            self.rows,
-            m,
-            optimizer,
-            self.work,
-            self.nonzeros,
-        )
-        if failed >= 0:
-            return float("nan"), False
-        return total / m, True
-
-    def predicted_classes(self) -> np.ndarray:
-        """Class indices the current parameters predict for the training data."""
-        net = self.network
-        A1, A2 = self.work[0], self.work[1]
-        kernels.forward(self.X, self.rows, self.nonzeros, *net.params, net._code, A1, A2)
-        return class_indices(A2)
-
 
 class MiniBatches:
     """Epochs of mini-batch training on one data set, buffers allocated once.
@@ -397,7 +335,7 @@ class MiniBatches:
         weights=None,
         epochs: int = 1,
     ):
-        n_x, n_h, n_y = network.dims
+        _, n_h, n_y = network.dims
         self.network = network
         self.X, self.labels = X, labels
         self.weights = _example_weights(weights)
@@ -405,12 +343,14 @@ class MiniBatches:
         self.work = _work(batch_size, n_h, n_y, network.dtype)
         if sparse is None:
             sparse = is_sparse(X)
-        if not sparse:
-            self.nonzeros = network._dense
-        elif epochs > 1:
-            self.nonzeros = listed_input(X)
-        else:
-            self.nonzeros = batch_input(batch_size, n_x, network.dtype)
+        self.nonzeros = self._sparse_input(epochs) if sparse else network._dense
+
+    def _sparse_input(self, epochs: int) -> kernels.Nonzeros:
+        """How the kernels read a sparse ``X`` for ``epochs`` planned epochs."""
+        if epochs > 1:
+            return listed_input(self.X)
+        n_x = self.network.dims[0]
+        return batch_input(self.batch_size, n_x, self.network.dtype)
 
     def epoch(self, order, optimizer: Optimizer) -> tuple[float, int]:
         """One epoch over ``order`` (example numbers), in batches.
@@ -419,16 +359,53 @@ class MiniBatches:
         the batch that produced a non-finite loss or gradient (the epoch stops
         there, with the parameters as they were before it), or -1.
         """
-        return self.network._train_epoch(
+        net = self.network
+        total, failed = kernels.train_epoch(
             self.X,
             self.labels,
             self.weights,
             order,
             self.batch_size,
-            optimizer,
+            net.theta,
+            net.grads,
+            net._code,
+            optimizer.as_kernel_args(),
             self.work,
             self.nonzeros,
         )
+        return float(total), int(failed)
+
+
+class FullBatch(MiniBatches):
+    """Steps of full-batch gradient descent on one data set, buffers allocated
+    once: each step is an epoch of one batch, all of ``X`` in order.
+
+    For a sparse input the nonzeros are extracted once, in both orders the
+    kernels need (by example for the forward pass, by feature with their
+    values for the backward pass), and reused by every step.
+    """
+
+    def __init__(self, network: FastNetwork, X, labels, sparse: bool | None, weights=None):
+        super().__init__(network, X, labels, X.shape[0], sparse, weights)
+        self.rows = np.arange(X.shape[0])
+
+    def _sparse_input(self, epochs: int) -> kernels.Nonzeros:
+        return prepared_input(self.X)
+
+    def step(self, optimizer: Optimizer) -> tuple[float, bool]:
+        """One forward, backward and update; returns the loss before the update
+        and whether the update was made (not when anything is non-finite)."""
+        total, failed = self.epoch(self.rows, optimizer)
+        if failed >= 0:
+            return float("nan"), False
+        return total / self.rows.size, True
+
+    def predicted_classes(self) -> np.ndarray:
+        """Class indices the current parameters predict for the training data."""
+        net = self.network
+        A1, A2 = self.work[0], self.work[1]
+        kernels.forward(self.X, self.rows, self.nonzeros, *net.params, net._code, A1, A2)
+        return class_indices(A2)
 
 
 def class_indices(A2) -> np.ndarray:

@@ -410,6 +410,7 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
             self._best_theta = self._network.theta.copy()
         n = len(labels)
         network, optimizer = self._network, self._optimizer
+        epochs = 1 if incremental else self.max_iter
         if self.solver == "gd":
             batch_size, full_batch = n, network.full_batch(X, labels, weights=weights)
         else:
@@ -422,10 +423,9 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
                     stacklevel=3,
                 )
             batch_size = min(batch_size, n)
-            epochs = 1 if incremental else self.max_iter
             batches = network.mini_batches(X, labels, batch_size, weights=weights, epochs=epochs)
         order = np.arange(n)
-        for _ in range(1 if incremental else self.max_iter):
+        for _ in range(epochs):
             before = network.theta.copy()
             if full_batch is not None:
                 loss, finite = full_batch.step(optimizer)
