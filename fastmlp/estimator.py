@@ -425,8 +425,11 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
             batch_size = min(batch_size, n)
             batches = network.mini_batches(X, labels, batch_size, weights=weights, epochs=epochs)
         order = np.arange(n)
+        # The weights an epoch starts from, to go back to if it diverges: one
+        # buffer, refilled, so that two copies never coexist.
+        before = np.empty_like(network.theta)
         for _ in range(epochs):
-            before = network.theta.copy()
+            before[:] = network.theta
             if full_batch is not None:
                 loss, finite = full_batch.step(optimizer)
             else:
