@@ -33,7 +33,8 @@ def resolve_dtype(dtype, X=None) -> np.dtype:
 def reject_sparse(X, name: str = "X") -> None:
     if hasattr(X, "toarray") and hasattr(X, "nnz"):
         raise TypeError(
-            f"{name} is a scipy.sparse matrix; pass a dense array (fastmlp finds the zeros itself)"
+            f"{name} is a scipy.sparse matrix; pass a dense array (fastmlp finds the "
+            "zeros itself), or train fastmlp.FastMLPClassifier, which takes sparse input"
         )
 
 
@@ -50,10 +51,7 @@ def as_matrix(X, name: str = "X", *, dtype=None, n_features: int | None = None):
     Integer pixels (uint8), Fortran-ordered, strided and read-only arrays are
     accepted and copied once into the layout the kernels need.
     """
-    if hasattr(X, "toarray") and hasattr(X, "nnz"):
-        raise TypeError(
-            f"{name} is a scipy.sparse matrix; pass a dense array (fastmlp finds the zeros itself)"
-        )
+    reject_sparse(X, name)
     array = np.asarray(X)
     if array.dtype.kind not in "fiub":
         raise TypeError(

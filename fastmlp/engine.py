@@ -3,7 +3,8 @@
 This is the Python side of the fast path. It owns every array the kernels
 write into, allocated once per run (not per step), and decides how the input
 reaches the first layer: as it is (dense) or as its nonzeros (sparse), from
-the input's density.
+the input's density. A scipy.sparse input in CSR format is always read
+through a list of its nonzeros, never made dense.
 """
 
 from __future__ import annotations
@@ -93,8 +94,24 @@ def _example_weights(weights):
     return np.ascontiguousarray(weights, dtype=np.float64)
 
 
+def is_csr(X) -> bool:
+    """Whether ``X`` is a scipy.sparse matrix or array in CSR format (told
+    apart without importing scipy)."""
+    return getattr(X, "format", None) == "csr" and hasattr(X, "indptr")
+
+
+def kernel_rows(X) -> np.ndarray:
+    """What the kernels take as ``X``: the array itself, or for a CSR input,
+    whose nonzeros the kernels read from a list (:func:`listed_input`), as
+    many rows of its dtype with no columns (no memory)."""
+    return np.empty((X.shape[0], 0), X.dtype) if is_csr(X) else X
+
+
 def is_sparse(X) -> bool:
-    """Whether ``X`` has few enough nonzeros for the sparse first layer."""
+    """Whether ``X`` has few enough nonzeros for the sparse first layer (a
+    CSR input always goes through it)."""
+    if is_csr(X):
+        return True
     sample = X[:: max(1, len(X) // DENSITY_SAMPLE)]
     # On a strided view np.count_nonzero takes a slow path (3x slower than this).
     return int((sample != 0).sum()) < SPARSE_BELOW_DENSITY * sample.size
@@ -202,16 +219,46 @@ def batch_input(capacity: int, n_x: int, dtype) -> kernels.Nonzeros:
 
 def listed_input(X) -> kernels.Nonzeros:
     """Every example's nonzeros with their values, listed once, for many
-    epochs of mini-batches on ``X``."""
+    epochs of mini-batches on ``X`` (a dense array or a CSR matrix)."""
     m, n_x = X.shape
-    nnz = int(np.count_nonzero(X))
-    listed = (
-        np.empty((m, -(-n_x // 64) + 1), np.int64),
-        np.empty(nnz, _index_dtype(n_x)),
-        np.empty(nnz, X.dtype),
-    )
-    kernels.list_nonzeros(X, *listed)
+    if is_csr(X):
+        listed = _listed_csr(X)
+    else:
+        nnz = int(np.count_nonzero(X))
+        listed = (
+            np.empty((m, -(-n_x // 64) + 1), np.int64),
+            np.empty(nnz, _index_dtype(n_x)),
+            np.empty(nnz, X.dtype),
+        )
+        kernels.list_nonzeros(X, *listed)
     return _empty_nonzeros(n_x, X.dtype)._replace(listed=listed)
+
+
+def _listed_csr(X):
+    """:func:`kernels.list_nonzeros`' three arrays for a CSR matrix: its
+    column numbers and values as they are, once sorted and without
+    duplicates (summed, as ``X.toarray()`` does), and where each word of 64
+    features starts in each row."""
+    if not X.has_canonical_format:
+        X = X.copy()  # the caller's matrix stays as it was
+        X.sum_duplicates()  # also sorts each row's columns
+    m, n_x = X.shape
+    n_words = -(-n_x // 64)
+    indptr = X.indptr.astype(np.int64)
+    # Counting the nonzeros of every (row, word) pair, in order, gives where
+    # each pair starts: the rows' columns are sorted, so the pairs come in order.
+    pair = np.repeat(np.arange(m, dtype=np.int64) * n_words, np.diff(indptr))
+    pair += X.indices // 64
+    counts = np.bincount(pair, minlength=m * n_words)
+    starts = np.cumsum(counts) - counts
+    wordptr = np.empty((m, n_words + 1), np.int64)
+    wordptr[:, :n_words] = starts.reshape(m, n_words)
+    wordptr[:, n_words] = indptr[1:]
+    return (
+        wordptr,
+        np.ascontiguousarray(X.indices, dtype=_index_dtype(n_x)),
+        np.ascontiguousarray(X.data),
+    )
 
 
 def prepared_input(X) -> kernels.Nonzeros:
@@ -264,18 +311,23 @@ class FastNetwork:
         return kernels.unpack(self.theta, *self.dims)
 
     def output(self, X) -> np.ndarray:
-        """The output layer's activations for ``X`` (``m`` x ``n_y``)."""
+        """The output layer's activations for ``X`` (``m`` x ``n_y``), an
+        array or a CSR matrix."""
         n_x, n_h, n_y = self.dims
         m = X.shape[0]
         size = min(m, PREDICT_CHUNK)
         # A2 is the caller's result: a plain array (its rows of classes are
         # read once, so where it starts does not matter).
         A1, A2 = aligned_empty((size, n_h), self.dtype), np.empty((m, n_y), self.dtype)
-        nonzeros = batch_input(size, n_x, self.dtype) if is_sparse(X) else self._dense
+        if is_csr(X):
+            nonzeros = listed_input(X)
+        else:
+            nonzeros = batch_input(size, n_x, self.dtype) if is_sparse(X) else self._dense
+        rows_of_X = kernel_rows(X)
         for start in range(0, m, size):
             rows = np.arange(start, min(m, start + size))
             kernels.forward(
-                X,
+                rows_of_X,
                 rows,
                 nonzeros,
                 *self.params,
@@ -337,18 +389,22 @@ class MiniBatches:
     ):
         _, n_h, n_y = network.dims
         self.network = network
-        self.X, self.labels = X, labels
+        self.labels = labels
         self.weights = _example_weights(weights)
         self.batch_size = batch_size
         self.work = _work(batch_size, n_h, n_y, network.dtype)
         if sparse is None:
             sparse = is_sparse(X)
-        self.nonzeros = self._sparse_input(epochs) if sparse else network._dense
+        elif is_csr(X) and not sparse:
+            raise ValueError("a scipy.sparse X trains through the sparse kernels only")
+        self.nonzeros = self._sparse_input(X, epochs) if sparse else network._dense
+        self.X = kernel_rows(X)
 
-    def _sparse_input(self, epochs: int) -> kernels.Nonzeros:
-        """How the kernels read a sparse ``X`` for ``epochs`` planned epochs."""
-        if epochs > 1:
-            return listed_input(self.X)
+    def _sparse_input(self, X, epochs: int) -> kernels.Nonzeros:
+        """How the kernels read a sparse ``X`` for ``epochs`` planned epochs
+        (a CSR matrix: always from the list of its nonzeros)."""
+        if epochs > 1 or is_csr(X):
+            return listed_input(X)
         n_x = self.network.dims[0]
         return batch_input(self.batch_size, n_x, self.network.dtype)
 
@@ -389,8 +445,8 @@ class FullBatch(MiniBatches):
         super().__init__(network, X, labels, X.shape[0], sparse, weights)
         self.rows = np.arange(X.shape[0])
 
-    def _sparse_input(self, epochs: int) -> kernels.Nonzeros:
-        return prepared_input(self.X)
+    def _sparse_input(self, X, epochs: int) -> kernels.Nonzeros:
+        return listed_input(X) if is_csr(X) else prepared_input(X)
 
     def step(self, optimizer: Optimizer) -> tuple[float, bool]:
         """One forward, backward and update; returns the loss before the update

@@ -406,7 +406,9 @@ class Nonzeros(NamedTuple):
         Every example's nonzeros and their values, ``(wordptr, indices,
         values)`` from :func:`list_nonzeros`, which both passes read instead
         of the rows of ``X``: a fraction of their size (MNIST's 8,000
-        training images: 50 MB as rows, 12.8 MB listed, in float64).
+        training images: 50 MB as rows, 12.8 MB listed, in float64). The
+        one form that reads no row of ``X``, which lets a scipy.sparse input
+        train without being made dense.
     ``csr`` and ``csc``: for full batches, made once and read by every step.
         Where the nonzeros are, by example, ``(indptr, indices)`` from
         :func:`compress_rows`, and by feature, ``(colptr, rowidx, values)``
@@ -647,8 +649,9 @@ def forward(X, rows, nonzeros, W1, b1, W2, b2, activation, A1, A2):
     Writes ``A1 = f(X W1 + b1)`` and ``A2 = softmax(A1 W2.T + b2)``, one row
     per example. ``nonzeros`` (a :class:`Nonzeros`) lets the first layer
     skip the zeros: a full batch's prepared forms must be those of
-    ``X[rows]``, listed nonzeros those of ``X``; a mask is filled here, row
-    by row, for the backward pass to read. ``A1`` and ``A2`` are
+    ``X[rows]``, listed nonzeros those of ``X`` (which may then have no
+    columns: the listed values are all the pass reads); a mask is filled
+    here, row by row, for the backward pass to read. ``A1`` and ``A2`` are
     C-contiguous.
 
     Marking a mini-batch's rows as they are used, rather than in a pass of
@@ -1045,7 +1048,8 @@ def train_epoch(
     with the parameters as they were before that batch), or -1.
     """
     A1, A2, partial, partial_loss = work
-    n_x, n_h, n_y = X.shape[1], A1.shape[1], A2.shape[1]
+    n_h, n_y = A1.shape[1], A2.shape[1]
+    n_x = (theta.size - n_h - n_y * n_h - n_y) // n_h  # X may have no columns
     W1, b1, W2, b2 = unpack(theta, n_x, n_h, n_y)
     dW1, db1, dW2, db2 = unpack(grads, n_x, n_h, n_y)
     l2 = optimizer[1][L2]

@@ -180,6 +180,28 @@ def test_listed_nonzeros_match_scipy(rng, dtype):
     assert indices.dtype == np.uint16 and values.dtype == dtype
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_csr_matrix_is_listed_as_its_dense_form(rng, dtype):
+    X, _ = sparse_data(rng, 40, 150, 3, dtype, density=0.3)
+    X[5] = 0  # an empty row
+    expected = engine.listed_input(X).listed
+    for csr in (scipy.sparse.csr_matrix(X), scipy.sparse.csr_array(X)):
+        for a, b in zip(engine.listed_input(csr).listed, expected, strict=True):
+            np.testing.assert_array_equal(a, b)
+            assert a.dtype == b.dtype
+    # Unsorted columns and a duplicate (which X.toarray() sums) in the caller's matrix.
+    data, columns = np.array([0.5, 0.25, 1.0, 0.125, 2.0, 4.0], dtype), [70, 3, 130, 3, 149, 0]
+    messy = scipy.sparse.csr_matrix((data, columns, [0, 4, 4, 6]), shape=(3, 150))
+    assert not messy.has_canonical_format
+    listed = engine.listed_input(messy).listed
+    for a, b in zip(listed, engine.listed_input(messy.toarray()).listed, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not messy.has_canonical_format  # left as it was
+    network = engine.FastNetwork(np.zeros(150 * 4 + 4 + 2 * 4 + 2), 150, 4, 2, "logistic")
+    with pytest.raises(ValueError, match="sparse kernels only"):
+        network.mini_batches(messy, np.zeros(3, np.int64), 2, sparse=False)
+
+
 def test_is_sparse_decides_by_density(rng):
     assert engine.is_sparse(sparse_data(rng, 300, 50, 2, np.float64, density=0.3)[0])
     assert not engine.is_sparse(np.ones((300, 50)))
