@@ -65,7 +65,7 @@ BAD_INPUTS = {
     "X-sparse": (
         lambda: fastmlp.train(scipy.sparse.csr_array(X10), y10),
         TypeError,
-        "X is a scipy.sparse matrix",
+        "or train fastmlp.FastMLPClassifier, which takes sparse input",
     ),
     "X-783": (
         lambda: MODEL.predict(X10[:, :783]),
