@@ -4,7 +4,9 @@
 
 8,000 MNIST digits (the real test set's first 8,000), one hidden layer of 64
 logistic units, batches of 200, 20 epochs; both classifiers start from the
-same weights and see the batches in the same order.
+same weights and see the batches in the same order. And a wide sparse input
+as text gives: 5,000 documents of 100 words each out of 50,000, as a
+scipy.sparse CSR matrix, which neither library makes dense.
 """
 
 import warnings
@@ -12,6 +14,7 @@ import warnings
 import numba
 import numpy as np
 import pytest
+import scipy.sparse
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 from workloads import load_data
@@ -54,3 +57,37 @@ def bench_estimator_fit(benchmark, smoke, library, solver, dtype):
     benchmark.extra_info["threads"] = numba.get_num_threads()
     model = benchmark.pedantic(fit, rounds=3, warmup_rounds=0)
     benchmark.extra_info["training accuracy"] = float(model.score(X, y))
+
+
+@pytest.mark.parametrize("library", ["fastmlp", "sklearn"])
+def bench_estimator_fit_sparse(benchmark, smoke, library):
+    m, n_x = (500, 5000) if smoke else (5000, 50_000)
+    rng = np.random.default_rng(0)
+    words = rng.integers(0, n_x, (m, 100))  # a word may repeat: its count adds up
+    X = scipy.sparse.csr_matrix(
+        (rng.random(words.size, np.float32), words.ravel(), np.arange(0, words.size + 1, 100)),
+        shape=(m, n_x),
+    )
+    y = rng.integers(0, 10, m)
+    params = dict(
+        hidden_layer_sizes=(64,),
+        activation="logistic",
+        batch_size=200,
+        max_iter=5,
+        random_state=0,
+        tol=0.0,
+        n_iter_no_change=6,
+        **SETTINGS["adam"],
+    )
+    cls = FastMLPClassifier if library == "fastmlp" else MLPClassifier
+
+    def fit(estimator=cls, data=(X, y)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return estimator(**params).fit(*data)
+
+    fit(FastMLPClassifier, (X[:300], y[:300]))  # compile, untimed
+
+    benchmark.group = f"estimator fit: {m:,} sparse documents x {n_x:,} features, adam, 5 epochs"
+    benchmark.extra_info["threads"] = numba.get_num_threads()
+    benchmark.pedantic(fit, rounds=3, warmup_rounds=0)
