@@ -319,15 +319,15 @@ class FastNetwork:
         # A2 is the caller's result: a plain array (its rows of classes are
         # read once, so where it starts does not matter).
         A1, A2 = aligned_empty((size, n_h), self.dtype), np.empty((m, n_y), self.dtype)
-        if is_csr(X):
-            nonzeros = listed_input(X)
-        else:
+        if not is_csr(X):
             nonzeros = batch_input(size, n_x, self.dtype) if is_sparse(X) else self._dense
-        rows_of_X = kernel_rows(X)
         for start in range(0, m, size):
-            rows = np.arange(start, min(m, start + size))
+            rows, chunk = np.arange(start, min(m, start + size)), X
+            if is_csr(X):  # listed a chunk at a time, so that the list stays small
+                chunk, rows = X[start : start + size], rows - start
+                nonzeros = listed_input(chunk)
             kernels.forward(
-                rows_of_X,
+                kernel_rows(chunk),
                 rows,
                 nonzeros,
                 *self.params,

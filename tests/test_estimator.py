@@ -22,7 +22,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MinMaxScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from fastmlp import DivergenceError, FastMLPClassifier
+from fastmlp import DivergenceError, FastMLPClassifier, engine
 
 # Short runs in the checks; they warn that they did not converge, as MLPClassifier does.
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -198,7 +198,8 @@ def test_float32_input_trains_in_float32(digits):
 
 
 @pytest.mark.parametrize("solver", ["adam", "sgd", "gd"])
-def test_sparse_input_trains_as_its_dense_form(digits, solver):
+def test_sparse_input_trains_as_its_dense_form(digits, solver, monkeypatch):
+    monkeypatch.setattr(engine, "PREDICT_CHUNK", 100)  # predictions in several chunks
     X_train, X_test, y_train, _ = digits
     kwargs = dict(solver=solver, max_iter=5, random_state=0)
     dense = FastMLPClassifier(**kwargs).fit(X_train, y_train)
