@@ -36,7 +36,7 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
     (text features, say) is never made dense. It trains to the same weights
     as its dense form (bitwise with "adam" and "sgd"). The list holds each
     nonzero's value and feature number, and where every run of 64 features
-    starts in every sample: ``n_samples * n_features / 8`` bytes (6.4 MB for
+    starts in every sample: ``n_samples * n_features / 8`` bytes (6.3 MB for
     1,000 samples of 50,000 features; predictions list 4,096 samples at a
     time).
 

@@ -252,7 +252,7 @@ def test_wide_sparse_input_is_never_made_dense():
     finally:
         tracemalloc.stop()
     # The parameters, their gradients, Adam's two moments and the epoch's
-    # starting weights take 5 x 12.8 MB; the list of nonzeros 6.5 MB.
+    # starting weights take 5 x 12.8 MB; the list of nonzeros 6.4 MB.
     assert peak < m * n_x * 4 / 2
     assert ours.coefs_[0].dtype == np.float32
     theirs = MLPClassifier(**kwargs).fit(X, y)  # scikit-learn reads sparse input too
