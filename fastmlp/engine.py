@@ -236,12 +236,14 @@ def listed_input(X) -> kernels.Nonzeros:
 
 def _listed_csr(X):
     """:func:`kernels.list_nonzeros`' three arrays for a CSR matrix: its
-    column numbers and values as they are, once sorted and without
-    duplicates (summed, as ``X.toarray()`` does), and where each word of 64
-    features starts in each row."""
-    if not X.has_canonical_format:
+    column numbers and values as they are, once sorted, without duplicates
+    (summed, as ``X.toarray()`` does) and without stored zeros (which would
+    shift the sums' grouping away from the dense form's), and where each
+    word of 64 features starts in each row."""
+    if not X.has_canonical_format or not X.data.all():
         X = X.copy()  # the caller's matrix stays as it was
         X.sum_duplicates()  # also sorts each row's columns
+        X.eliminate_zeros()
     m, n_x = X.shape
     n_words = -(-n_x // 64)
     indptr = X.indptr.astype(np.int64)

@@ -339,6 +339,30 @@ def test_property_fast_and_reference_paths_agree(problem):
     assert_close(loss, ref.cross_entropy(A2_ref, Y) + penalty, dtype)
 
 
+@st.composite
+def sparse_matrices(draw):
+    """Small CSR matrices as users build them: rows of (column, value) entries
+    in any order, with repeated columns and stored zeros (the values are
+    exact in binary, so that duplicates sum to the same whatever the order)."""
+    n_x = draw(st.integers(1, 150))
+    entry = st.tuples(st.integers(0, n_x - 1), st.sampled_from([0.0, -0.0, 0.25, 0.5, -1.0, 2.0]))
+    rows = draw(st.lists(st.lists(entry, max_size=12), min_size=1, max_size=6))
+    entries = [e for row in rows for e in row]
+    data = np.array([v for _, v in entries], draw(st.sampled_from(DTYPES)))
+    columns = np.array([c for c, _ in entries], np.int32)
+    indptr = np.cumsum([0] + [len(row) for row in rows])
+    return scipy.sparse.csr_matrix((data, columns, indptr), shape=(len(rows), n_x))
+
+
+@FAST
+@given(sparse_matrices())
+def test_property_a_csr_matrix_is_listed_as_its_dense_form(X):
+    listed = engine.listed_input(X).listed
+    for got, expected in zip(listed, engine.listed_input(X.toarray()).listed, strict=True):
+        np.testing.assert_array_equal(got, expected)
+        assert got.dtype == expected.dtype
+
+
 @FAST
 @given(
     st.lists(st.floats(-1e4, 1e4), min_size=1, max_size=30),
