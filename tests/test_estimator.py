@@ -219,6 +219,18 @@ def test_sparse_input_trains_as_its_dense_form(digits, solver, monkeypatch):
     np.testing.assert_allclose(sparse.coefs_[0], dense.coefs_[0], rtol=1e-9, atol=1e-15)
 
 
+def test_sparse_input_with_early_stopping_and_sample_weights(digits):
+    X_train, _, y_train, _ = digits
+    weights = np.random.default_rng(0).integers(0, 3, len(y_train)).astype(float)
+    kwargs = dict(max_iter=8, random_state=0, early_stopping=True, n_iter_no_change=3)
+    dense = FastMLPClassifier(**kwargs).fit(X_train, y_train, sample_weight=weights)
+    sparse = FastMLPClassifier(**kwargs).fit(
+        scipy.sparse.csr_matrix(X_train), y_train, sample_weight=weights
+    )
+    assert sparse.validation_scores_ == dense.validation_scores_
+    np.testing.assert_array_equal(sparse.coefs_[0], dense.coefs_[0])
+
+
 @pytest.mark.parametrize(
     "kind", ["csr_matrix", "csr_array", "csc_matrix", "coo_array", "lil_matrix", "dok_matrix"]
 )
