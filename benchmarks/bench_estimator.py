@@ -27,13 +27,11 @@ SETTINGS = {
 }
 
 
-@pytest.mark.parametrize("solver", ["adam", "sgd"])
-@pytest.mark.parametrize("library", ["fastmlp", "sklearn"])
-@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
-def bench_estimator_fit(benchmark, smoke, library, solver, dtype):
-    n = 1000 if smoke else 8000
-    X, y, source = load_data(n, dtype)
-    epochs = 2 if smoke else 20
+def time_fits(benchmark, library, solver, epochs, X, y, group):
+    """Time three fits of one library at equal settings (one hidden layer of
+    64 logistic units, batches of 200, ``epochs`` epochs with no early stop),
+    after an untimed fit of fastmlp on a few samples that compiles its
+    kernels; return the last model."""
     params = dict(
         hidden_layer_sizes=(64,),
         activation="logistic",
@@ -52,10 +50,19 @@ def bench_estimator_fit(benchmark, smoke, library, solver, dtype):
             return estimator(**{**params, **changes}).fit(*data)
 
     fit(FastMLPClassifier, (X[:300], y[:300]), max_iter=1)  # compile, untimed
-
-    benchmark.group = f"estimator fit: {n:,} MNIST digits, {solver}, {epochs} epochs"
+    benchmark.group = f"estimator fit: {group}, {solver}, {epochs} epochs"
     benchmark.extra_info["threads"] = numba.get_num_threads()
-    model = benchmark.pedantic(fit, rounds=3, warmup_rounds=0)
+    return benchmark.pedantic(fit, rounds=3, warmup_rounds=0)
+
+
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+@pytest.mark.parametrize("library", ["fastmlp", "sklearn"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+def bench_estimator_fit(benchmark, smoke, library, solver, dtype):
+    n = 1000 if smoke else 8000
+    X, y, _ = load_data(n, dtype)
+    epochs = 2 if smoke else 20
+    model = time_fits(benchmark, library, solver, epochs, X, y, f"{n:,} MNIST digits")
     benchmark.extra_info["training accuracy"] = float(model.score(X, y))
 
 
@@ -69,25 +76,5 @@ def bench_estimator_fit_sparse(benchmark, smoke, library):
         shape=(m, n_x),
     )
     y = rng.integers(0, 10, m)
-    params = dict(
-        hidden_layer_sizes=(64,),
-        activation="logistic",
-        batch_size=200,
-        max_iter=5,
-        random_state=0,
-        tol=0.0,
-        n_iter_no_change=6,
-        **SETTINGS["adam"],
-    )
-    cls = FastMLPClassifier if library == "fastmlp" else MLPClassifier
-
-    def fit(estimator=cls, data=(X, y)):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            return estimator(**params).fit(*data)
-
-    fit(FastMLPClassifier, (X[:300], y[:300]))  # compile, untimed
-
-    benchmark.group = f"estimator fit: {m:,} sparse documents x {n_x:,} features, adam, 5 epochs"
-    benchmark.extra_info["threads"] = numba.get_num_threads()
-    benchmark.pedantic(fit, rounds=3, warmup_rounds=0)
+    group = f"{m:,} sparse documents x {n_x:,} features"
+    time_fits(benchmark, library, "adam", 5, X, y, group)
