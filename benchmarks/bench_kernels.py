@@ -75,7 +75,7 @@ def bench_backward(benchmark, setup, implementation):
         Y = reference.one_hot(y, N_Y).astype(dtype)
         timed(benchmark, group, reference.backward, *cache, params[0], params[2], X.T, Y)
     else:
-        A1, A2, partial, partial_loss = batch.work
+        A1, A2, *scratch = batch.work
         W1, b1, W2, b2 = net.params
         kernels.forward(X, batch.rows, batch.nonzeros, W1, b1, W2, b2, 0, A1, A2)
         saved = A1.copy(), A2.copy()
@@ -95,8 +95,7 @@ def bench_backward(benchmark, setup, implementation):
                 A1,
                 A2,
                 *kernels.unpack(net.grads, N_X, N_H, N_Y),
-                partial,
-                partial_loss,
+                *scratch,
             )
 
         timed(benchmark, group, backward)

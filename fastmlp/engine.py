@@ -175,14 +175,16 @@ class Optimizer:
         return (self.solver, self.hyper, self.state, self.step)
 
 
-def _work(capacity: int, n_h: int, n_y: int, dtype):
+def _work(capacity: int, n_x: int, n_h: int, n_y: int, dtype):
     """Buffers for a step on up to ``capacity`` examples: ``A1, A2`` (which the
-    backward pass turns into ``dZ1, dZ2``) and the per-chunk sums."""
+    backward pass turns into ``dZ1, dZ2``), the per-chunk sums, and a flag
+    for each block of ``dW1`` (at most one block per feature)."""
     return (
         aligned_empty((capacity, n_h), dtype),
         aligned_empty((capacity, n_y), dtype),
         np.empty((kernels.N_CHUNKS, n_y * n_h + n_y + 2 * n_h), dtype),
         np.empty(kernels.N_CHUNKS, np.float64),
+        np.empty(max(n_x, kernels.N_CHUNKS), np.bool_),
     )
 
 
@@ -389,12 +391,12 @@ class MiniBatches:
         weights=None,
         epochs: int = 1,
     ):
-        _, n_h, n_y = network.dims
+        n_x, n_h, n_y = network.dims
         self.network = network
         self.labels = labels
         self.weights = _example_weights(weights)
         self.batch_size = batch_size
-        self.work = _work(batch_size, n_h, n_y, network.dtype)
+        self.work = _work(batch_size, n_x, n_h, n_y, network.dtype)
         if sparse is None:
             sparse = is_sparse(X)
         elif is_csr(X) and not sparse:

@@ -760,6 +760,15 @@ def _backprop_rows(y, weights, rows, inv_total, W2, activation, A1, A2, sums):
 
 
 @kernel
+def _finite(loss, grads):
+    # inf * 0 and nan * 0 are nan, finite * 0 is 0: one pass, no branches.
+    total = loss * 0.0
+    for i in range(grads.size):
+        total += grads[i] * 0
+    return total == 0
+
+
+@kernel
 def _sum_of_squares(M):
     flat = M.reshape(M.size)
     total = 0.0
@@ -838,6 +847,37 @@ def _part_of_columns(colptr, part, n_parts):
     return k0, k1
 
 
+@kernel
+def _dW1_blocks(nonzeros, n_x, n_h, itemsize):
+    """How :func:`backward` splits the rows of ``dW1`` between threads:
+    returns the block size and the number of blocks (see :func:`_block_rows`).
+
+    Blocks of features own their rows of ``dW1`` and add the examples in
+    order, so neither the thread count nor the blocks ever change a sum. Each
+    form of the input gets the blocks that suit it:
+
+    * a mask or listed nonzeros: see :func:`_feature_block`; a block lies
+      within one word of 64 features.
+    * a prepared full batch costs per nonzero, so its blocks hold equal
+      numbers of them (images have more in some rows of pixels than in
+      others; full-batch backward 2-6% faster than blocks of 16 features).
+    * a dense input costs the same for every feature: blocks of 16 share
+      them evenly between threads (64: 15-19% slower in float64).
+    """
+    mask, _, (wordptr, _, _), _, (colptr, _, _) = nonzeros
+    size = _feature_block(n_h, itemsize) if mask.shape[0] > 0 or wordptr.size > 0 else 16
+    return size, N_CHUNKS if colptr.size > 0 else (n_x + size - 1) // size
+
+
+@kernel
+def _block_rows(block, n_blocks, size, colptr, n_x):
+    """The rows ``k0:k1`` of ``dW1`` (features) in block ``block`` of
+    :func:`_dW1_blocks`."""
+    if colptr.size > 0:
+        return _part_of_columns(colptr, block, n_blocks)
+    return block * size, min(n_x, block * size + size)
+
+
 @kernel(parallel=True)
 def backward(
     X,
@@ -857,6 +897,7 @@ def backward(
     db2,
     partial,
     partial_loss,
+    finite,
 ):
     """All six gradients of the mean cross-entropy (plus ``l2/2m`` times the
     squared weights) for the examples ``X[rows]`` with labels ``y[rows]``.
@@ -868,7 +909,9 @@ def backward(
     dZ2 / m``.
     ``nonzeros`` is the :class:`Nonzeros` that :func:`forward` read.
     ``partial`` (``N_CHUNKS`` x ``n_y*n_h + n_y + 2*n_h``) and ``partial_loss``
-    (``N_CHUNKS``, float64) are scratch. Returns the loss.
+    (``N_CHUNKS``, float64) are scratch. ``finite`` (bool, one entry per
+    block of :func:`_dW1_blocks` or more) receives whether each block of
+    ``dW1`` is finite, for :func:`_update_if_finite`. Returns the loss.
     """
     m = rows.size
     total = _total_weight(weights, rows)
@@ -882,27 +925,14 @@ def backward(
             A2[start:end], partial[c],
         )  # fmt: skip
     loss = _add_chunks(partial, partial_loss, total, W1, W2, l2, penalty, dW2, db2, db1)
-    # dW1 = X.T @ dZ1. Blocks of features own their rows of dW1 and add the
-    # examples in order, so neither the thread count nor the blocks ever
-    # change a sum. Each form of the input gets the blocks that suit it:
-    # - a mask or listed nonzeros: see _feature_block; a block lies within
-    #   one word of 64 features.
-    # - a prepared full batch costs per nonzero, so its blocks hold equal
-    #   numbers of them (images have more in some rows of pixels than in
-    #   others; full-batch backward 2-6% faster than blocks of 16 features).
-    # - a dense input costs the same for every feature: blocks of 16 share
-    #   them evenly between threads (64: 15-19% slower in float64).
+    # dW1 = X.T @ dZ1 (see _dW1_blocks), and whether each block is finite,
+    # checked while it is in this thread's cache.
     mask, _, (wordptr, listed, listed_values), _, (colptr, rowidx, values) = nonzeros
     n_x, n_h = W1.shape
-    by_word = mask.shape[0] > 0 or wordptr.size > 0
-    size = _feature_block(n_h, W1.itemsize) if by_word else 16
+    size, n_blocks = _dW1_blocks(nonzeros, n_x, n_h, W1.itemsize)
     word_mask = np.uint64(0xFFFFFFFFFFFFFFFF) >> np.uint64(64 - size)
-    n_blocks = N_CHUNKS if colptr.size > 0 else (n_x + size - 1) // size
     for block in prange(n_blocks):
-        if colptr.size > 0:
-            k0, k1 = _part_of_columns(colptr, block, n_blocks)
-        else:
-            k0, k1 = block * size, min(n_x, block * size + size)
+        k0, k1 = _block_rows(block, n_blocks, size, colptr, n_x)
         dW1[k0:k1] = 0
         if colptr.size > 0:
             for k in range(k0, k1):
@@ -934,6 +964,10 @@ def backward(
         if l2 > 0:
             for k in range(k0, k1):
                 _add_scaled(dW1[k], penalty, W1[k])
+        ok = True
+        for k in range(k0, k1):
+            ok &= _finite(0.0, dW1[k])
+        finite[block] = ok
     return loss
 
 
@@ -962,21 +996,15 @@ def momentum_update(theta, grads, velocity, learning_rate, momentum, nesterov):
             theta[i] += velocity[i]
 
 
-@kernel(parallel=True)
+@kernel
 def adam_update(theta, grads, m, v, learning_rate, beta1, beta2, epsilon, t):
     """Adam's step ``t`` (counted from 1), with its bias correction folded into
-    the learning rate as in scikit-learn's AdamOptimizer.
-
-    Unlike the other updates it runs in parallel: a square root and a
-    division per parameter make it bound by arithmetic, not memory (784-64-10
-    network, two threads: float64 93 -> 26 us a step, float32 16 -> 10 us;
-    the same for SGD made float32 slower).
-    """
+    the learning rate as in scikit-learn's AdamOptimizer."""
     one = theta.dtype.type(1)
     b1, b2 = theta.dtype.type(beta1), theta.dtype.type(beta2)
     eps = theta.dtype.type(epsilon)
     lr = theta.dtype.type(learning_rate * np.sqrt(1.0 - beta2**t) / (1.0 - beta1**t))
-    for i in prange(theta.size):
+    for i in range(theta.size):
         g = grads[i]
         m[i] = b1 * m[i] + (one - b1) * g
         v[i] = b2 * v[i] + (one - b2) * (g * g)
@@ -984,45 +1012,62 @@ def adam_update(theta, grads, m, v, learning_rate, beta1, beta2, epsilon, t):
 
 
 @kernel
-def _finite(loss, grads):
-    # inf * 0 and nan * 0 are nan, finite * 0 is 0: one pass, no branches.
-    total = loss * 0.0
-    for i in range(grads.size):
-        total += grads[i] * 0
-    return total == 0
+def _update_range(theta, grads, i0, i1, solver, hyper, state, t):
+    """The optimiser's update of ``theta[i0:i1]``; ``t`` is Adam's step."""
+    p, g = theta[i0:i1], grads[i0:i1]
+    if solver == ADAM:
+        adam_update(
+            p, g, state[0, i0:i1], state[1, i0:i1], hyper[LEARNING_RATE], hyper[BETA1],
+            hyper[BETA2], hyper[EPSILON], t,
+        )  # fmt: skip
+    elif solver == MOMENTUM:
+        momentum_update(
+            p, g, state[0, i0:i1], hyper[LEARNING_RATE], hyper[MOMENTUM_COEF],
+            hyper[NESTEROV] != 0,
+        )  # fmt: skip
+    else:
+        sgd_update(p, g, hyper[LEARNING_RATE])
+
+
+@kernel(parallel=True)
+def _update_blocks(theta, grads, solver, hyper, state, t, n_x, n_h, size, n_blocks, colptr):
+    """The update of ``W1``, the first ``n_x * n_h`` parameters, by the blocks
+    of :func:`backward`'s gradient: the parallel loop gives each thread the
+    same blocks as there, so each updates rows whose gradient it has just
+    summed, in its own cache."""
+    for block in prange(n_blocks):
+        k0, k1 = _block_rows(block, n_blocks, size, colptr, n_x)
+        _update_range(theta, grads, k0 * n_h, k1 * n_h, solver, hyper, state, t)
 
 
 @kernel
-def _update_if_finite(loss, theta, grads, optimizer):
+def _update_if_finite(loss, theta, grads, optimizer, n_x, n_h, nonzeros, finite):
     """Apply the optimiser's update unless the loss or a gradient is not
-    finite; then leave the parameters as they are and return False."""
+    finite; then leave the parameters as they are and return False.
+
+    ``finite`` holds :func:`backward`'s check of each block of ``dW1``, so
+    that only the other gradients (``db1, dW2, db2``, a small part) are
+    checked here. ``W1`` is updated by :func:`_update_blocks`, the rest by
+    one thread. Until 2026-11-30 one thread checked and updated all of it,
+    reading the half of ``dW1`` the other thread had summed, which then read
+    the rows of ``W1`` it needed back. Without that traffic between the
+    cores, W2 in float32 runs 1.10x faster when the two cores are near (30
+    ns from one to the other) and 1.27x when they are far apart (170 ns), as
+    they sometimes are on this project's virtual machine.
+    """
     solver, hyper, state, step = optimizer
-    if not _finite(loss, grads):
+    size, n_blocks = _dW1_blocks(nonzeros, n_x, n_h, theta.itemsize)
+    n_w1 = n_x * n_h
+    ok = _finite(loss, grads[n_w1:])
+    for block in range(n_blocks):
+        ok = ok and finite[block]
+    if not ok:
         return False
     if solver == ADAM:
         step[0] += 1
-        adam_update(
-            theta,
-            grads,
-            state[0],
-            state[1],
-            hyper[LEARNING_RATE],
-            hyper[BETA1],
-            hyper[BETA2],
-            hyper[EPSILON],
-            step[0],
-        )
-    elif solver == MOMENTUM:
-        momentum_update(
-            theta,
-            grads,
-            state[0],
-            hyper[LEARNING_RATE],
-            hyper[MOMENTUM_COEF],
-            hyper[NESTEROV] != 0,
-        )
-    else:
-        sgd_update(theta, grads, hyper[LEARNING_RATE])
+    colptr = nonzeros[4][0]
+    _update_blocks(theta, grads, solver, hyper, state, step[0], n_x, n_h, size, n_blocks, colptr)
+    _update_range(theta, grads, n_w1, theta.size, solver, hyper, state, step[0])
     return True
 
 
@@ -1038,7 +1083,7 @@ def train_epoch(
     ``weights`` are the examples' weights (float64), or empty (see :func:`backward`).
 
     ``optimizer`` is ``(solver, hyper, state, step)``; ``work`` is ``(A1, A2,
-    partial, partial_loss)`` with room for ``batch_size`` examples;
+    partial, partial_loss, finite)`` with room for ``batch_size`` examples;
     ``nonzeros`` is a :class:`Nonzeros`: with a mask, :func:`forward` marks
     each batch when it comes; the prepared forms serve a single batch of all of
     ``order`` (one step of full-batch gradient descent).
@@ -1047,7 +1092,7 @@ def train_epoch(
     the batch whose loss or gradient was not finite (the epoch stops there,
     with the parameters as they were before that batch), or -1.
     """
-    A1, A2, partial, partial_loss = work
+    A1, A2, partial, partial_loss, finite = work
     n_h, n_y = A1.shape[1], A2.shape[1]
     n_x = (theta.size - n_h - n_y * n_h - n_y) // n_h  # X may have no columns
     W1, b1, W2, b2 = unpack(theta, n_x, n_h, n_y)
@@ -1077,8 +1122,9 @@ def train_epoch(
             db2,
             partial,
             partial_loss,
+            finite,
         )
-        if not _update_if_finite(loss, theta, grads, optimizer):
+        if not _update_if_finite(loss, theta, grads, optimizer, n_x, n_h, nonzeros, finite):
             return total, batch
         total += loss * m
     return total, -1

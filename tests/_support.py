@@ -96,12 +96,12 @@ def kernel_gradients(
     m, (n_y, n_h) = len(y), W2.shape
     rows, code = np.arange(m), kernels.ACTIVATIONS[activation]
     nonzeros = input_nonzeros(X, form)
-    A1, A2, partial, partial_loss = engine._work(m, n_h, n_y, X.dtype)
+    A1, A2, *scratch = engine._work(m, X.shape[1], n_h, n_y, X.dtype)
     kernels.forward(X, rows, nonzeros, W1, b1, W2, b2, code, A1, A2)
     if grads is None:
         grads = [np.empty_like(p) for p in params]
     loss = kernels.backward(
-        X, rows, nonzeros, y, weights, W1, W2, code, l2, A1, A2, *grads, partial, partial_loss
+        X, rows, nonzeros, y, weights, W1, W2, code, l2, A1, A2, *grads, *scratch
     )
     return loss, grads
 

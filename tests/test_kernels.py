@@ -230,9 +230,9 @@ def test_forward_and_backward_match_reference(rng, dtype, activation, form, n_y)
     assert_close(A2, A2_ref.T)
 
     grads = [np.empty_like(p) for p in (W1, b1, W2, b2)]
-    partial, partial_loss = engine._work(m, n_h, n_y, dtype)[2:]
+    scratch = engine._work(m, n_x, n_h, n_y, dtype)[2:]
     loss = kernels.backward(
-        X, rows, nonzeros, y, NO_WEIGHTS, W1, W2, code, l2, A1, A2, *grads, partial, partial_loss
+        X, rows, nonzeros, y, NO_WEIGHTS, W1, W2, code, l2, A1, A2, *grads, *scratch
     )
     Y = reference.one_hot(y, n_y).astype(dtype)
     expected = reference.backward(
@@ -442,6 +442,45 @@ def test_non_finite_gradient_leaves_parameters_untouched(rng):
     net2 = engine.FastNetwork(before.copy(), n_x, n_h, n_y, "logistic")
     net2.mini_batches(X[:10], y[:10], 10, sparse=False).epoch(np.arange(10), optimizer)
     np.testing.assert_array_equal(batch0, net2.theta)  # ...and nothing after it
+
+
+@pytest.mark.parametrize("solver", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("form", FORMS)
+def test_a_non_finite_block_of_dW1_alone_stops_every_update(rng, form, solver):
+    # Feature 100 has weights 0 and one huge value, so the forward pass, the
+    # loss and the other gradients stay finite, and only its row of dW1
+    # overflows: the flag of that one block, on whichever thread, must stop
+    # the update of every block and of the other parameters. With equal
+    # hidden units and output weights +-1e4, the output is 0.5 for every
+    # example, far from saturated, and dZ1 is large.
+    m, n_x, n_h, n_y = 20, 150, 8, 1
+    X, _ = sparse_data(rng, m, n_x, 2, np.float64)
+    y = np.ones(m, np.int64)
+    X[:, 100] = 0
+    X[7, 100] = 1e308
+    W1 = np.tile(rng.normal(0, 0.1, n_x), (n_h, 1))  # notebook layout: n_h x n_x
+    W1[:, 100] = 0
+    b1, b2 = np.zeros((n_h, 1)), np.zeros((n_y, 1))
+    W2 = np.tile([1e4, -1e4], (n_y, n_h // 2))
+    net = engine.FastNetwork(engine.flatten_params(W1, b1, W2, b2), n_x, n_h, n_y, "logistic")
+    before = net.theta.copy()
+    optimizer = engine.Optimizer(
+        "adam" if solver == "adam" else "sgd",
+        net.theta.size,
+        np.float64,
+        learning_rate=0.1,
+        momentum=0.9 if solver == "momentum" else 0.0,
+    )
+    sparse = form != "dense"
+    if form == "prepared":
+        total, failed = net.full_batch(X, y, sparse).epoch(np.arange(m), optimizer)
+    else:
+        batches = net.mini_batches(X, y, m, sparse, epochs=3 if form == "listed" else 1)
+        total, failed = batches.epoch(np.arange(m), optimizer)
+    assert failed == 0
+    np.testing.assert_array_equal(net.theta, before)
+    assert np.isfinite(net.grads[n_x * n_h :]).all()  # the other gradients were finite
+    assert not np.isfinite(net.grads[: n_x * n_h]).all()
 
 
 # ---- threads -----------------------------------------------------------------

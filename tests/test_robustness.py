@@ -239,12 +239,12 @@ def test_loss_stays_finite_for_huge_logits(dtype):
     b2 = np.zeros(2, dtype)
     rows = np.arange(3)
     dense = engine.dense_input(X.shape[1], X.dtype)
-    A1, A2, partial, partial_loss = engine._work(3, 2, 2, dtype)
+    A1, A2, *scratch = engine._work(3, 2, 2, 2, dtype)
     with np.errstate(over="raise", divide="raise", invalid="raise"):
         kernels.forward(X, rows, dense, W1, b1, W2, b2, kernels.LOGISTIC, A1, A2)
         grads = [np.empty_like(p) for p in (W1, b1, W2, b2)]
         loss = kernels.backward(
-            X, rows, dense, y, NO_WEIGHTS, W1, W2, 0, 0.0, A1, A2, *grads, partial, partial_loss
+            X, rows, dense, y, NO_WEIGHTS, W1, W2, 0, 0.0, A1, A2, *grads, *scratch
         )
         reference_loss = ref.cross_entropy(
             ref.forward(W1.T, b1[:, None], W2, b2[:, None], X.T)[3], ref.one_hot(y, 2).astype(dtype)
@@ -317,7 +317,7 @@ def test_property_fast_and_reference_paths_agree(problem):
     )
     rows = np.arange(m)
     nonzeros = input_nonzeros(X, form)
-    A1, A2, partial, partial_loss = engine._work(m, n_h, n_y, dtype)
+    A1, A2, *scratch = engine._work(m, n_x, n_h, n_y, dtype)
     code = kernels.ACTIVATIONS[activation]
     kernels.forward(X, rows, nonzeros, W1, b1, W2, b2, code, A1, A2)
     Z1, A1_ref, Z2, A2_ref = ref.forward(*params, X.T, activation)
@@ -325,7 +325,7 @@ def test_property_fast_and_reference_paths_agree(problem):
     assert_close(A2, A2_ref.T)
     grads = [np.empty_like(p) for p in (W1, b1, W2, b2)]
     loss = kernels.backward(
-        X, rows, nonzeros, y, NO_WEIGHTS, W1, W2, code, 0.1, A1, A2, *grads, partial, partial_loss
+        X, rows, nonzeros, y, NO_WEIGHTS, W1, W2, code, 0.1, A1, A2, *grads, *scratch
     )
     Y = ref.one_hot(y, n_y).astype(dtype)
     expected = ref.backward(Z1, A1_ref, Z2, A2_ref, params[0], params[2], X.T, Y, activation, 0.1)
