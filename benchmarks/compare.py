@@ -36,24 +36,28 @@ import json, sys
 sys.path.insert(0, {benchmarks!r})
 import numpy as np
 import fastmlp
+from report import core_to_core_ns
 from workloads import WORKLOADS, load_data, run, warm_up
 
 if not fastmlp.__file__.startswith({root!r}):
     sys.exit(f"imported {{fastmlp.__file__}}, not the version under {root}")
-times = {{}}
+times, latency = {{}}, []
 for dtype in {dtypes!r}:
     warm_up(np.dtype(dtype))
     for name in {workloads!r}:
         workload = WORKLOADS[name].scaled({scale!r})
         X, y, _ = load_data(workload.n_examples, dtype)
+        latency.append(core_to_core_ns(rounds=20_000))
         times[f"{{name}} {{dtype}}"] = run("numba", workload, X, y).seconds
-print(json.dumps(times))
+print(json.dumps({{"times": times, "core_to_core_ns": latency}}))
 """
 
 
-def measure(root, cache_dir, workloads, dtypes, scale: float = 1.0) -> dict[str, float]:
-    """Seconds for each workload and dtype, timed in a fresh process that
-    imports fastmlp from ``root`` and keeps its compiled kernels in ``cache_dir``."""
+def measure(root, cache_dir, workloads, dtypes, scale: float = 1.0) -> dict:
+    """Seconds for each workload and dtype (``times``), timed in a fresh
+    process that imports fastmlp from ``root`` and keeps its compiled kernels
+    in ``cache_dir``, and the latency between two CPUs before each
+    (``core_to_core_ns``, see report.py)."""
     root = str(Path(root).resolve())
     code = CHILD.format(
         benchmarks=str(HERE),
@@ -102,21 +106,25 @@ def summarize(base: list[dict], new: list[dict]) -> list[dict]:
     return rows
 
 
-def compare(revision: str, pairs: int, workloads, dtypes, scale: float = 1.0) -> list[dict]:
-    """Time ``revision`` and the working tree in ``pairs`` counted pairs of processes."""
+def compare(revision: str, pairs: int, workloads, dtypes, scale: float = 1.0):
+    """Time ``revision`` and the working tree in ``pairs`` counted pairs of
+    processes; returns :func:`summarize`'s rows and every latency measured
+    between two CPUs (ns)."""
     with checkout(revision) as base_root, tempfile.TemporaryDirectory() as caches:
         sides = {
             "base": (base_root, Path(caches) / "base"),
             "new": (ROOT, Path(caches) / "new"),
         }
         runs = {"base": [], "new": []}
+        latency = []
         for pair in range(pairs + 1):
             order = ("base", "new") if pair % 2 == 0 else ("new", "base")
             for side in order:
-                times = measure(*sides[side], workloads, dtypes, scale)
+                result = measure(*sides[side], workloads, dtypes, scale)
                 if pair > 0:  # the first pair compiles into the empty caches
-                    runs[side].append(times)
-        return summarize(runs["base"], runs["new"])
+                    runs[side].append(result["times"])
+                    latency += [ns for ns in result["core_to_core_ns"] if ns is not None]
+        return summarize(runs["base"], runs["new"]), latency
 
 
 def main() -> None:
@@ -126,12 +134,21 @@ def main() -> None:
     parser.add_argument("--workloads", default="W1,W2")
     parser.add_argument("--dtypes", default="float64,float32")
     args = parser.parse_args()
-    rows = compare(args.base, args.pairs, args.workloads.split(","), args.dtypes.split(","))
+    rows, latency = compare(
+        args.base, args.pairs, args.workloads.split(","), args.dtypes.split(",")
+    )
     print(f"{args.base} against the working tree, {args.pairs} pairs of processes:")
     for row in rows:
         print(
             f"  {row['case']:<12} base {row['base']:.4f} s   new {row['new']:.4f} s   "
             f"base/new {row['speed_up']:.2f}x (median over pairs)"
+        )
+    if latency:
+        # Two threads exchange data at every batch: a run with the CPUs far
+        # apart is slower, whichever version it runs.
+        print(
+            f"  between two CPUs before each run: {min(latency):.0f} to "
+            f"{max(latency):.0f} ns (median {statistics.median(latency):.0f})"
         )
 
 

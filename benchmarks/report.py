@@ -11,6 +11,10 @@ achieved rate in GFLOP/s of the dense computation beside the machine's own
 dense matrix-product rate measured in the same run. The sparse first layer
 skips zeros, so its dense-equivalent rate can exceed the product rate.
 
+Before each timed run it measures how long a write on one CPU takes to be
+seen on another (core_to_core_ns): on a virtual machine this changes as the
+host moves the virtual CPUs, and two threads exchange data at every batch.
+
 Then: two threads against one on W1 (and whether the weights are bitwise the
 same), compile and cached start-up times, and the peak memory a training
 run allocates, NumPy reference against fastmlp, on W1 and W3.
@@ -27,11 +31,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numba
 import numpy as np
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 sys.path.insert(0, str(Path(__file__).parent))
 import startup  # noqa: E402
@@ -82,6 +90,98 @@ def gemm_rate(dtype, rounds: int = 20) -> float:
     return 2 * 2000 * 784 * 64 / statistics.median(times) / 1e9
 
 
+@intrinsic
+def _load_acquire(typingctx, array, index):
+    """``array[index]``, read from memory every time (an atomic load)."""
+
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        array = context.make_array(array_type)(context, builder, args[0])
+        pointer = cgutils.get_item_pointer(context, builder, array_type, array, [args[1]])
+        return builder.load_atomic(pointer, "acquire", array_type.dtype.bitwidth // 8)
+
+    return array.dtype(array, types.intp), codegen
+
+
+@intrinsic
+def _store_release(typingctx, array, index, value):
+    """``array[index] = value``, written to memory at once (an atomic store)."""
+
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        array = context.make_array(array_type)(context, builder, args[0])
+        pointer = cgutils.get_item_pointer(context, builder, array_type, array, [args[1]])
+        builder.store_atomic(args[2], pointer, "release", array_type.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return types.void(array, types.intp, array.dtype), codegen
+
+
+SPIN_LIMIT = 200_000_000
+"""How many times in all a side may look for the other's answer before it
+gives up (a few tenths of a second; 200,000 rounds take about 30 million):
+on a busy machine the other thread may not be running."""
+
+
+@numba.njit(nogil=True)
+def _bounce(flag, rounds, serve):
+    """Pass a number back and forth through ``flag[0]`` ``rounds`` times, as
+    the side that serves (writes odd numbers) or the side that answers;
+    False if the other side was too slow to answer."""
+    spins = 0
+    for i in range(rounds):
+        if serve:
+            _store_release(flag, 0, 2 * i + 1)
+        expected = 2 * i + 2 if serve else 2 * i + 1
+        while _load_acquire(flag, 0) != expected:
+            spins += 1
+            if spins > SPIN_LIMIT:
+                _store_release(flag, 1, 1)  # tell the other side to stop as well
+                return False
+            if _load_acquire(flag, 1):
+                return False
+        if not serve:
+            _store_release(flag, 0, 2 * i + 2)
+    return True
+
+
+def core_to_core_ns(rounds: int = 200_000) -> float | None:
+    """Nanoseconds for a write on one CPU to be seen on another: half the
+    round trip of a number passed back and forth between two threads pinned
+    to the first two CPUs this process may use. None with fewer than two
+    CPUs, or when one side stopped answering (another program had its CPU).
+
+    This is what every exchange between fastmlp's two threads costs, and on
+    a virtual machine it changes as the host moves the virtual CPUs: on this
+    project's, 27-50 ns when they share a cache, 160-180 ns when not, and
+    the mini-batch workloads ran up to twice as slow on two threads then.
+    """
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cpus) < 2:
+        return None
+    flag = np.zeros(8, np.int64)  # one cache line
+    _bounce.compile((numba.typeof(flag), types.intp, types.boolean))  # before timing
+    answered, ready = [], threading.Event()
+
+    def answer():
+        os.sched_setaffinity(0, {cpus[1]})  # 0: the calling thread, on Linux
+        ready.set()
+        answered.append(_bounce(flag, rounds, False))
+
+    other = threading.Thread(target=answer)
+    other.start()
+    ready.wait()
+    try:
+        os.sched_setaffinity(0, {cpus[0]})
+        start = time.perf_counter()
+        served = _bounce(flag, rounds, True)
+        elapsed = time.perf_counter() - start
+    finally:
+        os.sched_setaffinity(0, cpus)
+        other.join()
+    return elapsed / rounds / 2 * 1e9 if served and all(answered) else None
+
+
 IDLE = 0.5
 """Seconds of rest before each timed run. A library's worker threads keep
 spinning for a while after its last call (OpenBLAS's for about 0.2 s) and take
@@ -102,12 +202,14 @@ def time_workloads(rounds: int, names) -> list[dict]:
 
             torch.set_num_threads(numba.get_num_threads())
         results = {key: [] for key in present}
+        latencies = {key: [] for key in present}
         # Each round runs every implementation in turn, so that a slow spell
         # of a shared machine slows them alike rather than one of them.
         for _ in range(rounds):
             for implementation, dtype in present:
                 X, y, _ = data[dtype]
                 time.sleep(IDLE)
+                latencies[implementation, dtype].append(core_to_core_ns(rounds=20_000))
                 results[implementation, dtype].append(run(implementation, workload, X, y))
         for implementation, dtype in IMPLEMENTATIONS:
             row = {
@@ -126,6 +228,7 @@ def time_workloads(rounds: int, names) -> list[dict]:
                 accuracy=runs[-1].accuracy,
                 data=data[dtype][2],
                 gflops=flops(workload) / seconds / 1e9,
+                core_to_core_ns=latencies[implementation, dtype],
             )
             print(
                 f"  {name} {implementation:8s} {row['dtype']:8s} {seconds:8.3f} s  "
@@ -209,6 +312,19 @@ def peak_memory() -> dict:
     return result
 
 
+def core_to_core_line(rows) -> list[str]:
+    """A line that says how far apart the two CPUs were during the timed runs."""
+    measured = [ns for row in rows for ns in row.get("core_to_core_ns", []) if ns is not None]
+    if not measured:
+        return []
+    return [
+        f"Between two CPUs, a write took {min(measured):.0f} to {max(measured):.0f} ns "
+        f"(median {statistics.median(measured):.0f}) to be seen, measured before each "
+        "timed run (see core_to_core_ns).",
+        "",
+    ]
+
+
 def markdown(report: dict) -> str:
     """The report as text: the machine, the table, then whichever of the thread,
     start-up and memory sections it holds."""
@@ -220,6 +336,7 @@ def markdown(report: dict) -> str:
         f"NumPy matrix product at W1's shape: {report['gemm_gflops']['float64']:.0f} GFLOP/s "
         f"float64, {report['gemm_gflops']['float32']:.0f} GFLOP/s float32.",
         "",
+        *core_to_core_line(report["workloads"]),
         "| workload | implementation | dtype | time (s, median) | vs NumPy ref | vs PyTorch "
         "| accuracy | GFLOP/s (dense-equivalent) |",
         "|---|---|---|---:|---:|---:|---:|---:|",

@@ -4,6 +4,7 @@ Its timings are not checked (no test asserts a timing); its table is.
 """
 
 import json
+import os
 
 import numpy as np
 import report
@@ -28,3 +29,19 @@ def test_report_tables_every_implementation_of_a_workload():
             assert abs(row["accuracy"] - reference["accuracy"]) < 0.01  # same training
         elif "seconds" not in row:
             assert row["note"].endswith("is not installed")
+
+
+def test_core_to_core_latency_is_measured_between_two_cpus():
+    cpus = os.sched_getaffinity(0)
+    ns = report.core_to_core_ns(rounds=2000)
+    assert os.sched_getaffinity(0) == cpus  # the calling thread is unpinned again
+    if len(cpus) < 2:
+        assert ns is None
+    else:  # None only if another program kept the other CPU busy throughout
+        assert ns is None or 1 < ns < 1e6
+
+
+def test_a_side_left_without_answers_gives_up():
+    flag = np.zeros(8, np.int64)
+    assert not report._bounce(flag, 3, True)  # nobody answers: stops after SPIN_LIMIT looks
+    assert flag[1] == 1  # and tells the other side to stop too
