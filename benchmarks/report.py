@@ -153,7 +153,7 @@ def core_to_core_ns(rounds: int = 200_000) -> float | None:
 
     This is what every exchange between fastmlp's two threads costs, and on
     a virtual machine it changes as the host moves the virtual CPUs: on this
-    project's, 27-50 ns when they share a cache, 160-180 ns when not, and
+    project's, 27-50 ns when they share a cache, 160-200 ns when not, and
     the mini-batch workloads ran up to twice as slow on two threads then.
     """
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
