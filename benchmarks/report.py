@@ -15,8 +15,8 @@ Before each timed run it measures how long a write on one CPU takes to be
 seen on another (core_to_core_ns): on a virtual machine this changes as the
 host moves the virtual CPUs, and two threads exchange data at every batch.
 
-Then: two threads against one on W1 (and whether the weights are bitwise the
-same), compile and cached start-up times, and the peak memory a training
+Then: two threads against one on W1 and W2 (and whether the weights are
+bitwise the same), compile and cached start-up times, and the peak memory a training
 run allocates, NumPy reference against fastmlp, on W1 and W3.
 """
 
@@ -247,31 +247,47 @@ def time_workloads(rounds: int, names) -> list[dict]:
     return rows
 
 
-def thread_scaling() -> dict:
-    workload = WORKLOADS["W1"]
+THREAD_ROUNDS = {"W1": 3, "W2": 15}
+"""Rounds of the thread comparison: W2 lasts 20-40 ms and swings most."""
+
+
+def thread_scaling(names=("W1", "W2"), scale: float = 1.0, rounds=THREAD_ROUNDS) -> dict:
+    """Two threads (the default count) against one on each workload and dtype,
+    over ``rounds[name]`` rounds: median seconds, the speed-up, whether the
+    trained parameters are bitwise the same, and the latency between two CPUs
+    before each timed run."""
     result = {}
     default = numba.get_num_threads()
-    for dtype in (np.float64, np.float32):
-        X, y, _ = load_data(workload.n_examples, dtype)
-        warm_up(dtype)
-        counts = sorted({1, default})
-        times, weights = {t: [] for t in counts}, {}
-        # Rounds alternate the thread counts, so that a slow spell of a shared
-        # machine slows both alike.
-        for _ in range(3):
-            for threads in counts:
-                numba.set_num_threads(threads)
-                start = time.perf_counter()
-                model = fastmlp.train(X, y, iterations=workload.steps - 1, log_every=None)
-                times[threads].append(time.perf_counter() - start)
-                weights[threads] = model.W1
-        numba.set_num_threads(default)
-        seconds = {t: statistics.median(times[t]) for t in counts}
-        result[np.dtype(dtype).name] = {
-            "seconds": seconds,
-            "speed_up": seconds[1] / seconds[default],
-            "bitwise_identical": all(np.array_equal(weights[1], w) for w in weights.values()),
-        }
+    counts = sorted({1, default})
+    for name in names:
+        workload = WORKLOADS[name].scaled(scale)
+        for dtype in (np.float64, np.float32):
+            X, y, _ = load_data(workload.n_examples, dtype)
+            warm_up(dtype)
+            times, params, latency = {t: [] for t in counts}, {}, []
+            # Rounds alternate the thread counts, so that a slow spell of a
+            # shared machine slows both alike.
+            try:
+                for _ in range(rounds[name]):
+                    for threads in counts:
+                        numba.set_num_threads(threads)
+                        time.sleep(IDLE)
+                        latency.append(core_to_core_ns(rounds=20_000))
+                        trained = run("numba", workload, X, y)
+                        times[threads].append(trained.seconds)
+                        params[threads] = trained.params
+            finally:
+                numba.set_num_threads(default)
+            seconds = {t: statistics.median(times[t]) for t in counts}
+            result[f"{name} {np.dtype(dtype).name}"] = {
+                "seconds": seconds,
+                "speed_up": seconds[1] / seconds[default],
+                "bitwise_identical": all(
+                    all(np.array_equal(a, b) for a, b in zip(params[1], p, strict=True))
+                    for p in params.values()
+                ),
+                "core_to_core_ns": latency,
+            }
     return result
 
 
@@ -354,9 +370,9 @@ def markdown(report: dict) -> str:
             f"| {row['seconds']:.3f} | {row['vs_numpy']:.2f}x | {vs_torch} "
             f"| {row['accuracy']:.2%} | {row['gflops']:.1f} |"
         )
-    for dtype, t in report.get("threads", {}).items():
+    for case, t in report.get("threads", {}).items():
         lines.append(
-            f"\nW1 {dtype}, {max(t['seconds'])} threads against 1: {t['speed_up']:.2f}x; "
+            f"\n{case}, {max(t['seconds'])} threads against 1: {t['speed_up']:.2f}x; "
             f"weights bitwise identical: {t['bitwise_identical']}."
         )
     if "startup" in report:

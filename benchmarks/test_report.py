@@ -31,6 +31,18 @@ def test_report_tables_every_implementation_of_a_workload():
             assert row["note"].endswith("is not installed")
 
 
+def test_thread_scaling_compares_one_thread_with_the_default_on_each_dtype():
+    result = report.thread_scaling(["W2"], scale=0.03, rounds={"W2": 1})
+    assert set(result) == {"W2 float64", "W2 float32"}
+    for case in result.values():
+        assert case["bitwise_identical"]  # whatever the thread count
+        assert 1 in case["seconds"] and case["speed_up"] > 0
+        assert len(case["core_to_core_ns"]) == len(case["seconds"])
+    machine_only = {"machine": report.machine(), "gemm_gflops": {"float64": 1, "float32": 1}}
+    text = report.markdown({**machine_only, "workloads": [], "threads": result})
+    assert "W2 float32, " in text and "weights bitwise identical: True" in text
+
+
 def test_core_to_core_latency_is_measured_between_two_cpus():
     cpus = os.sched_getaffinity(0)
     ns = report.core_to_core_ns(rounds=2000)

@@ -111,6 +111,7 @@ class Result:
 
     seconds: float
     evaluate: object  # () -> float
+    params: tuple = ()  # fastmlp's trained parameters (W1, b1, W2, b2)
 
     @property
     def accuracy(self) -> float:
@@ -135,7 +136,7 @@ def run_fastmlp(workload: Workload, X, y, backend: str) -> Result:
         log_every=None,
     )
     seconds = time.perf_counter() - start
-    return Result(seconds, lambda: model.score(X, y))
+    return Result(seconds, lambda: model.score(X, y), (model.W1, model.b1, model.W2, model.b2))
 
 
 def run_torch(workload: Workload, X, y) -> Result:
