@@ -46,6 +46,7 @@ import startup  # noqa: E402
 from workloads import IMPLEMENTATIONS, WORKLOADS, available, flops, load_data, run, warm_up  # noqa: E402
 
 import fastmlp  # noqa: E402
+from fastmlp.engine import aligned_zeros  # noqa: E402
 
 
 def machine() -> dict:
@@ -159,7 +160,7 @@ def core_to_core_ns(rounds: int = 200_000) -> float | None:
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     if len(cpus) < 2:
         return None
-    flag = np.zeros(8, np.int64)  # one cache line
+    flag = aligned_zeros(8, np.int64)  # one cache line
     _bounce.compile((numba.typeof(flag), types.intp, types.boolean))  # before timing
     answered, ready = [], threading.Event()
 
