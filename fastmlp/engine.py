@@ -323,11 +323,12 @@ class FastNetwork:
         # A2 is the caller's result: a plain array (its rows of classes are
         # read once, so where it starts does not matter).
         A1, A2 = aligned_empty((size, n_h), self.dtype), np.empty((m, n_y), self.dtype)
-        if not is_csr(X):
+        csr = is_csr(X)
+        if not csr:
             nonzeros = batch_input(size, n_x, self.dtype) if is_sparse(X) else self._dense
         for start in range(0, m, size):
             rows, chunk = np.arange(start, min(m, start + size)), X
-            if is_csr(X):  # listed a chunk at a time, so that the list stays small
+            if csr:  # listed a chunk at a time, so that the list stays small
                 chunk, rows = X[start : start + size], rows - start
                 nonzeros = listed_input(chunk)
             kernels.forward(

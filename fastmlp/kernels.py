@@ -1056,6 +1056,7 @@ def _update_if_finite(loss, theta, grads, optimizer, n_x, n_h, nonzeros, finite)
     they sometimes are on this project's virtual machine.
     """
     solver, hyper, state, step = optimizer
+    colptr = nonzeros.csc[0]
     size, n_blocks = _dW1_blocks(nonzeros, n_x, n_h, theta.itemsize)
     n_w1 = n_x * n_h
     ok = _finite(loss, grads[n_w1:])
@@ -1065,7 +1066,6 @@ def _update_if_finite(loss, theta, grads, optimizer, n_x, n_h, nonzeros, finite)
         return False
     if solver == ADAM:
         step[0] += 1
-    colptr = nonzeros[4][0]
     _update_blocks(theta, grads, solver, hyper, state, step[0], n_x, n_h, size, n_blocks, colptr)
     _update_range(theta, grads, n_w1, theta.size, solver, hyper, state, step[0])
     return True
