@@ -66,14 +66,19 @@ def time_fits(benchmark, library, solver, epochs, X, y, group):
     return benchmark.pedantic(fit, rounds=3, warmup_rounds=0)
 
 
+def digits(smoke: bool, dtype):
+    """The MNIST digits, epochs and data's name of the benchmarks on digits."""
+    n = 1000 if smoke else 8000
+    X, y, _ = load_data(n, dtype)
+    return X, y, 2 if smoke else 20, f"{n:,} MNIST digits"
+
+
 @pytest.mark.parametrize("solver", ["adam", "sgd"])
 @pytest.mark.parametrize("library", ["fastmlp", "sklearn"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 def bench_estimator_fit(benchmark, smoke, library, solver, dtype):
-    n = 1000 if smoke else 8000
-    X, y, _ = load_data(n, dtype)
-    epochs = 2 if smoke else 20
-    model = time_fits(benchmark, library, solver, epochs, X, y, f"{n:,} MNIST digits")
+    X, y, epochs, data = digits(smoke, dtype)
+    model = time_fits(benchmark, library, solver, epochs, X, y, data)
     benchmark.extra_info["training accuracy"] = float(model.score(X, y))
 
 
@@ -83,10 +88,7 @@ def bench_plain_sgd_fit(benchmark, smoke, library, dtype):
     """Plain SGD at the estimator benchmark's settings, and the NumPy reference
     loop doing the same epochs on the notebook's initial weights (the same
     arithmetic: scikit-learn's alpha 0 is no L2 term)."""
-    n = 1000 if smoke else 8000
-    X, y, _ = load_data(n, dtype)
-    epochs = 2 if smoke else 20
-    data = f"{n:,} MNIST digits"
+    X, y, epochs, data = digits(smoke, dtype)
     if library != "numpy loop":
         model = time_fits(benchmark, library, "plain sgd", epochs, X, y, data)
     else:
