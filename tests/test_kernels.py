@@ -210,6 +210,38 @@ def test_is_sparse_decides_by_density(rng):
 
 # ---- forward and backward ----------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_x", [40, 157, 300], ids=["one-word", "three-words", "five-words"])
+def test_first_layer_by_parts_depends_on_the_example_alone(rng, dtype, n_x):
+    # Through a mask or a list, the first layer is summed in fixed parts of the
+    # features, in groups of examples: each example's activations must be the
+    # same, bitwise, in a group of any size, by either form, on any number of
+    # threads; and close to the reference.
+    m, n_h, n_y = 2 * kernels.PART_GROUP + 37, 24, 3
+    X, _ = sparse_data(rng, m, n_x, n_y, dtype)
+    params = make_network(rng, n_x, n_h, n_y, dtype)
+    W1, b1, W2, b2 = kernel_layout(*params)
+
+    def first_layer(form, rows, threads=None):
+        A1, A2 = np.empty((rows.size, n_h), dtype), np.empty((rows.size, n_y), dtype)
+        default = numba.get_num_threads()
+        numba.set_num_threads(threads or default)
+        try:
+            kernels.forward(X, rows, input_nonzeros(X, form), W1, b1, W2, b2, 0, A1, A2)
+        finally:
+            numba.set_num_threads(default)
+        return A1
+
+    every = first_layer("listed", np.arange(m))
+    assert_close(every, reference.forward(*params, X.T)[1].T)
+    np.testing.assert_array_equal(first_layer("mask", np.arange(m)), every)
+    np.testing.assert_array_equal(first_layer("mask", np.arange(m), threads=1), every)
+    order = rng.permutation(m)[:50]
+    np.testing.assert_array_equal(first_layer("mask", order), every[order])
+    for r in order[:5]:
+        np.testing.assert_array_equal(first_layer("listed", np.array([r]))[0], every[r])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("n_y", [10, 1], ids=["softmax", "logistic-output"])
