@@ -60,10 +60,9 @@ def bench_forward(benchmark, setup, implementation):
     if implementation == "numpy":
         timed(benchmark, group, reference.forward, *params, X.T)
     else:
-        A1, A2 = batch.work[:2]
-        timed(
-            benchmark, group, kernels.forward, X, batch.rows, batch.nonzeros, *net.params, 0, A1, A2
-        )
+        A1, A2, part_sums = batch.work[:3]
+        args = (X, batch.rows, batch.nonzeros, *net.params, 0, A1, A2, part_sums)
+        timed(benchmark, group, kernels.forward, *args)
 
 
 @pytest.mark.parametrize("implementation", ["numpy", "numba"])
@@ -75,9 +74,9 @@ def bench_backward(benchmark, setup, implementation):
         Y = reference.one_hot(y, N_Y).astype(dtype)
         timed(benchmark, group, reference.backward, *cache, params[0], params[2], X.T, Y)
     else:
-        A1, A2, *scratch = batch.work
+        A1, A2, part_sums, *scratch = batch.work
         W1, b1, W2, b2 = net.params
-        kernels.forward(X, batch.rows, batch.nonzeros, W1, b1, W2, b2, 0, A1, A2)
+        kernels.forward(X, batch.rows, batch.nonzeros, W1, b1, W2, b2, 0, A1, A2, part_sums)
         saved = A1.copy(), A2.copy()
 
         def backward():  # on fresh activations each round: backward overwrites them

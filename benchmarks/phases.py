@@ -33,7 +33,7 @@ PHASES = ("forward", "backward", "update")
 @numba.njit
 def _epoch(X, y, weights, order, batch_size, theta, grads, work, nonzeros, optimizer, phases):
     """train_epoch's loop, stopped after the first ``phases`` of PHASES."""
-    A1, A2, partial, partial_loss, finite = work
+    A1, A2, part_sums, partial, partial_loss, finite = work
     n_h, n_y = A1.shape[1], A2.shape[1]
     n_x = (theta.size - n_h - n_y * n_h - n_y) // n_h
     W1, b1, W2, b2 = kernels.unpack(theta, n_x, n_h, n_y)
@@ -41,7 +41,7 @@ def _epoch(X, y, weights, order, batch_size, theta, grads, work, nonzeros, optim
     for start in range(0, order.size, batch_size):
         rows = order[start : start + batch_size]
         a1, a2 = A1[: rows.size], A2[: rows.size]
-        kernels.forward(X, rows, nonzeros, W1, b1, W2, b2, kernels.LOGISTIC, a1, a2)
+        kernels.forward(X, rows, nonzeros, W1, b1, W2, b2, kernels.LOGISTIC, a1, a2, part_sums)
         if phases >= 2:
             loss = kernels.backward(
                 X, rows, nonzeros, y, weights, W1, W2, kernels.LOGISTIC, 0.0, a1, a2,

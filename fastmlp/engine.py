@@ -175,13 +175,28 @@ class Optimizer:
         return (self.solver, self.hyper, self.state, self.step)
 
 
-def _work(capacity: int, n_x: int, n_h: int, n_y: int, dtype):
+def reads_by_parts(nonzeros: kernels.Nonzeros) -> bool:
+    """Whether :func:`kernels.forward` sums the first layer by parts of the
+    features when it reads the input through ``nonzeros`` (a mask or a list)."""
+    return nonzeros.mask.shape[0] > 0 or nonzeros.listed[0].size > 0
+
+
+def _part_sums(capacity: int, n_h: int, dtype) -> np.ndarray:
+    """Room for the forward pass's parts of the first layer (see
+    :func:`kernels.forward`) on up to ``capacity`` examples."""
+    return aligned_empty((kernels.N_PARTS - 1, min(capacity, kernels.PART_GROUP), n_h), dtype)
+
+
+def _work(capacity: int, n_x: int, n_h: int, n_y: int, dtype, by_parts: bool = True):
     """Buffers for a step on up to ``capacity`` examples: ``A1, A2`` (which the
-    backward pass turns into ``dZ1, dZ2``), the per-chunk sums, and a flag
-    for each block of ``dW1`` (at most one block per feature)."""
+    backward pass turns into ``dZ1, dZ2``), the parts of the first layer
+    (none unless ``by_parts``: see :func:`reads_by_parts`), the per-chunk
+    sums, and a flag for each block of ``dW1`` (at most one block per
+    feature)."""
     return (
         aligned_empty((capacity, n_h), dtype),
         aligned_empty((capacity, n_y), dtype),
+        _part_sums(capacity if by_parts else 0, n_h, dtype),
         np.empty((kernels.N_CHUNKS, n_y * n_h + n_y + 2 * n_h), dtype),
         np.empty(kernels.N_CHUNKS, np.float64),
         np.empty(max(n_x, kernels.N_CHUNKS), np.bool_),
@@ -323,6 +338,7 @@ class FastNetwork:
         # A2 is the caller's result: a plain array (its rows of classes are
         # read once, so where it starts does not matter).
         A1, A2 = aligned_empty((size, n_h), self.dtype), np.empty((m, n_y), self.dtype)
+        part_sums = _part_sums(size, n_h, self.dtype)
         csr = is_csr(X)
         if not csr:
             nonzeros = batch_input(size, n_x, self.dtype) if is_sparse(X) else self._dense
@@ -339,6 +355,7 @@ class FastNetwork:
                 self._code,
                 A1[: rows.size],
                 A2[start:][: rows.size],
+                part_sums,
             )
         return A2
 
@@ -397,12 +414,13 @@ class MiniBatches:
         self.labels = labels
         self.weights = _example_weights(weights)
         self.batch_size = batch_size
-        self.work = _work(batch_size, n_x, n_h, n_y, network.dtype)
         if sparse is None:
             sparse = is_sparse(X)
         elif is_csr(X) and not sparse:
             raise ValueError("a scipy.sparse X trains through the sparse kernels only")
         self.nonzeros = self._sparse_input(X, epochs) if sparse else network._dense
+        by_parts = reads_by_parts(self.nonzeros)
+        self.work = _work(batch_size, n_x, n_h, n_y, network.dtype, by_parts)
         self.X = kernel_rows(X)
 
     def _sparse_input(self, X, epochs: int) -> kernels.Nonzeros:
@@ -464,8 +482,8 @@ class FullBatch(MiniBatches):
     def predicted_classes(self) -> np.ndarray:
         """Class indices the current parameters predict for the training data."""
         net = self.network
-        A1, A2 = self.work[0], self.work[1]
-        kernels.forward(self.X, self.rows, self.nonzeros, *net.params, net._code, A1, A2)
+        A1, A2, part_sums = self.work[:3]
+        kernels.forward(self.X, self.rows, self.nonzeros, *net.params, net._code, A1, A2, part_sums)
         return class_indices(A2)
 
 

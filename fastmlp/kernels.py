@@ -622,7 +622,7 @@ def _output_layer(A1, activation, W2, b2, A2):
 
 
 @kernel(parallel=True)
-def forward(X, rows, nonzeros, W1, b1, W2, b2, activation, A1, A2):
+def forward(X, rows, nonzeros, W1, b1, W2, b2, activation, A1, A2, part_sums):
     """Forward pass on the examples ``X[rows]``.
 
     Writes ``A1 = f(X W1 + b1)`` and ``A2 = softmax(A1 W2.T + b2)``, one row
@@ -634,19 +634,19 @@ def forward(X, rows, nonzeros, W1, b1, W2, b2, activation, A1, A2):
     C-contiguous.
 
     Through a mask or a list, the first layer is summed by parts of the
-    features (see :func:`_first_layer_parts`), then the parts are added and
-    the output layer computed by chunks of examples; in the other forms,
-    each example by one thread at once.
+    features (see :func:`_first_layer_parts`) into ``A1`` and ``part_sums``
+    (``N_PARTS - 1`` x ``min(len(rows), PART_GROUP)`` x ``n_h``, scratch),
+    then the parts are added and the output layer computed by chunks of
+    examples; in the other forms, each example by one thread at once.
     """
     mask, _, (wordptr, _, _), (indptr, indices), _ = nonzeros
     m = rows.size
     by_parts = mask.shape[0] > 0 or wordptr.size > 0
     group = min(m, PART_GROUP) if by_parts else m
-    partial = np.empty((N_PARTS - 1, group if by_parts else 0, A1.shape[1]), A1.dtype)
     for g0 in range(0, m, max(group, 1)):
         g1 = min(m, g0 + group)
         if by_parts:
-            _first_layer_parts(X, rows[g0:g1], nonzeros, W1, b1, A1[g0:g1], partial, mask[g0:g1])
+            _first_layer_parts(X, rows[g0:g1], nonzeros, W1, b1, A1[g0:g1], part_sums, mask[g0:g1])
         n = g1 - g0
         for c in prange(N_CHUNKS):
             start, end = g0 + c * n // N_CHUNKS, g0 + (c + 1) * n // N_CHUNKS
@@ -654,7 +654,7 @@ def forward(X, rows, nonzeros, W1, b1, W2, b2, activation, A1, A2):
                 x, a1 = X[rows[r]], A1[r]
                 if by_parts:
                     for q in range(N_PARTS - 1):
-                        _add_to(a1, partial[q, r - g0])
+                        _add_to(a1, part_sums[q, r - g0])
                     continue
                 _copy(b1, a1)
                 if indptr.size > 0:
@@ -672,11 +672,11 @@ def _add_to(out, v):
 
 
 @kernel(parallel=True)
-def _first_layer_parts(X, rows, nonzeros, W1, b1, A1, partial, mask):
+def _first_layer_parts(X, rows, nonzeros, W1, b1, A1, part_sums, mask):
     """The first layer of the examples ``X[rows]`` read through a mask (which
     this marks: ``mask`` is the examples' rows of it) or a list of nonzeros,
     by :data:`N_PARTS` parts of the features: ``A1 = b1 + X W1`` over the
-    first part, ``partial[q] = X W1`` over part ``q + 1``.
+    first part, ``part_sums[q] = X W1`` over part ``q + 1``.
 
     Each thread sums whole parts, so it reads mostly its own rows of ``W1``,
     those the backward pass gave it to update, rather than rows the other
@@ -692,7 +692,7 @@ def _first_layer_parts(X, rows, nonzeros, W1, b1, A1, partial, mask):
     for part in prange(N_PARTS):
         w0, w1 = part * n_words // N_PARTS, (part + 1) * n_words // N_PARTS
         for r in range(rows.size):
-            out = A1[r] if part == 0 else partial[part - 1, r]
+            out = A1[r] if part == 0 else part_sums[part - 1, r]
             if part == 0:
                 _copy(b1, out)
             else:
@@ -1109,7 +1109,7 @@ def train_epoch(
     ``weights`` are the examples' weights (float64), or empty (see :func:`backward`).
 
     ``optimizer`` is ``(solver, hyper, state, step)``; ``work`` is ``(A1, A2,
-    partial, partial_loss, finite)`` with room for ``batch_size`` examples;
+    part_sums, partial, partial_loss, finite)`` with room for ``batch_size`` examples;
     ``nonzeros`` is a :class:`Nonzeros`: with a mask, :func:`forward` marks
     each batch when it comes; the prepared forms serve a single batch of all of
     ``order`` (one step of full-batch gradient descent).
@@ -1118,7 +1118,7 @@ def train_epoch(
     the batch whose loss or gradient was not finite (the epoch stops there,
     with the parameters as they were before that batch), or -1.
     """
-    A1, A2, partial, partial_loss, finite = work
+    A1, A2, part_sums, partial, partial_loss, finite = work
     n_h, n_y = A1.shape[1], A2.shape[1]
     n_x = (theta.size - n_h - n_y * n_h - n_y) // n_h  # X may have no columns
     W1, b1, W2, b2 = unpack(theta, n_x, n_h, n_y)
@@ -1129,7 +1129,7 @@ def train_epoch(
         rows = order[start : start + batch_size]
         m = rows.size
         a1, a2 = A1[:m], A2[:m]
-        forward(X, rows, nonzeros, W1, b1, W2, b2, activation, a1, a2)
+        forward(X, rows, nonzeros, W1, b1, W2, b2, activation, a1, a2, part_sums)
         loss = backward(
             X,
             rows,

@@ -96,8 +96,8 @@ def kernel_gradients(
     m, (n_y, n_h) = len(y), W2.shape
     rows, code = np.arange(m), kernels.ACTIVATIONS[activation]
     nonzeros = input_nonzeros(X, form)
-    A1, A2, *scratch = engine._work(m, X.shape[1], n_h, n_y, X.dtype)
-    kernels.forward(X, rows, nonzeros, W1, b1, W2, b2, code, A1, A2)
+    A1, A2, part_sums, *scratch = engine._work(m, X.shape[1], n_h, n_y, X.dtype)
+    kernels.forward(X, rows, nonzeros, W1, b1, W2, b2, code, A1, A2, part_sums)
     if grads is None:
         grads = [np.empty_like(p) for p in params]
     loss = kernels.backward(

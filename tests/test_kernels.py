@@ -135,8 +135,8 @@ def test_forward_marks_exactly_the_nonzeros(rng, dtype, n_x):
     nonzeros = engine.batch_input(25, n_x, dtype)
     mask = nonzeros.mask
     mask[:] = np.uint64(2**64 - 1)  # whatever an earlier batch left
-    A1, A2 = np.empty((25, 4), dtype), np.empty((25, 3), dtype)
-    kernels.forward(X, rows, nonzeros, *params, kernels.LOGISTIC, A1, A2)
+    A1, A2, part_sums = engine._work(25, n_x, 4, 3, dtype)[:3]
+    kernels.forward(X, rows, nonzeros, *params, kernels.LOGISTIC, A1, A2, part_sums)
     assert mask.shape == (25, -(-n_x // 64))
     bits = np.unpackbits(mask.view(np.uint8), axis=1, bitorder="little")
     np.testing.assert_array_equal(bits[:, :n_x], X[rows] != 0)
@@ -222,11 +222,12 @@ def test_first_layer_by_parts_depends_on_the_example_alone(rng, dtype, n_x):
     W1, b1, W2, b2 = kernel_layout(*params)
 
     def first_layer(form, rows, threads=None):
-        A1, A2 = np.empty((rows.size, n_h), dtype), np.empty((rows.size, n_y), dtype)
+        A1, A2, part_sums = engine._work(rows.size, n_x, n_h, n_y, dtype)[:3]
         default = numba.get_num_threads()
         numba.set_num_threads(threads or default)
         try:
-            kernels.forward(X, rows, input_nonzeros(X, form), W1, b1, W2, b2, 0, A1, A2)
+            nonzeros = input_nonzeros(X, form)
+            kernels.forward(X, rows, nonzeros, W1, b1, W2, b2, 0, A1, A2, part_sums)
         finally:
             numba.set_num_threads(default)
         return A1
@@ -252,17 +253,16 @@ def test_forward_and_backward_match_reference(rng, dtype, activation, form, n_y)
     W1, b1, W2, b2 = kernel_layout(*params)
     rows = np.arange(m)
     nonzeros = input_nonzeros(X, form)
-    A1, A2 = np.empty((m, n_h), dtype), np.empty((m, n_y), dtype)
+    A1, A2, part_sums, *scratch = engine._work(m, n_x, n_h, n_y, dtype)
     code = kernels.ACTIVATIONS[activation]
 
-    kernels.forward(X, rows, nonzeros, W1, b1, W2, b2, code, A1, A2)
+    kernels.forward(X, rows, nonzeros, W1, b1, W2, b2, code, A1, A2, part_sums)
     Z1, A1_ref, Z2, A2_ref = reference.forward(*params, X.T, activation)
     assert A1.dtype == A2.dtype == dtype
     assert_close(A1, A1_ref.T)
     assert_close(A2, A2_ref.T)
 
     grads = [np.empty_like(p) for p in (W1, b1, W2, b2)]
-    scratch = engine._work(m, n_x, n_h, n_y, dtype)[2:]
     loss = kernels.backward(
         X, rows, nonzeros, y, NO_WEIGHTS, W1, W2, code, l2, A1, A2, *grads, *scratch
     )

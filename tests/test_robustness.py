@@ -239,9 +239,9 @@ def test_loss_stays_finite_for_huge_logits(dtype):
     b2 = np.zeros(2, dtype)
     rows = np.arange(3)
     dense = engine.dense_input(X.shape[1], X.dtype)
-    A1, A2, *scratch = engine._work(3, 2, 2, 2, dtype)
+    A1, A2, part_sums, *scratch = engine._work(3, 2, 2, 2, dtype)
     with np.errstate(over="raise", divide="raise", invalid="raise"):
-        kernels.forward(X, rows, dense, W1, b1, W2, b2, kernels.LOGISTIC, A1, A2)
+        kernels.forward(X, rows, dense, W1, b1, W2, b2, kernels.LOGISTIC, A1, A2, part_sums)
         grads = [np.empty_like(p) for p in (W1, b1, W2, b2)]
         loss = kernels.backward(
             X, rows, dense, y, NO_WEIGHTS, W1, W2, 0, 0.0, A1, A2, *grads, *scratch
@@ -317,9 +317,9 @@ def test_property_fast_and_reference_paths_agree(problem):
     )
     rows = np.arange(m)
     nonzeros = input_nonzeros(X, form)
-    A1, A2, *scratch = engine._work(m, n_x, n_h, n_y, dtype)
+    A1, A2, part_sums, *scratch = engine._work(m, n_x, n_h, n_y, dtype)
     code = kernels.ACTIVATIONS[activation]
-    kernels.forward(X, rows, nonzeros, W1, b1, W2, b2, code, A1, A2)
+    kernels.forward(X, rows, nonzeros, W1, b1, W2, b2, code, A1, A2, part_sums)
     Z1, A1_ref, Z2, A2_ref = ref.forward(*params, X.T, activation)
     assert_close(A1, A1_ref.T)
     assert_close(A2, A2_ref.T)
