@@ -647,28 +647,22 @@ def forward(X, rows, nonzeros, W1, b1, W2, b2, activation, A1, A2, part_sums):
         g1 = min(m, g0 + group)
         if by_parts:
             _first_layer_parts(X, rows[g0:g1], nonzeros, W1, b1, A1[g0:g1], part_sums, mask[g0:g1])
-        n = g1 - g0
+        n, one = g1 - g0, A1.dtype.type(1)
         for c in prange(N_CHUNKS):
             start, end = g0 + c * n // N_CHUNKS, g0 + (c + 1) * n // N_CHUNKS
             for r in range(start, end):
-                x, a1 = X[rows[r]], A1[r]
+                a1 = A1[r]
                 if by_parts:
                     for q in range(N_PARTS - 1):
-                        _add_to(a1, part_sums[q, r - g0])
+                        _add_scaled(a1, one, part_sums[q, r - g0])
                     continue
+                x = X[rows[r]]
                 _copy(b1, a1)
                 if indptr.size > 0:
                     _add_selected_rows(a1, x, W1, indices[indptr[r] : indptr[r + 1]])
                 else:
                     _add_rows(a1, x, W1)
             _output_layer(A1[start:end], activation, W2, b2, A2[start:end])
-
-
-@kernel
-def _add_to(out, v):
-    """``out += v``."""
-    for h in range(out.size):
-        out[h] += v[h]
 
 
 @kernel(parallel=True)
