@@ -175,12 +175,6 @@ class Optimizer:
         return (self.solver, self.hyper, self.state, self.step)
 
 
-def reads_by_parts(nonzeros: kernels.Nonzeros) -> bool:
-    """Whether :func:`kernels.forward` sums the first layer by parts of the
-    features when it reads the input through ``nonzeros`` (a mask or a list)."""
-    return nonzeros.mask.shape[0] > 0 or nonzeros.listed[0].size > 0
-
-
 def _part_sums(capacity: int, n_h: int, dtype) -> np.ndarray:
     """Room for the forward pass's parts of the first layer (see
     :func:`kernels.forward`) on up to ``capacity`` examples."""
@@ -190,7 +184,7 @@ def _part_sums(capacity: int, n_h: int, dtype) -> np.ndarray:
 def _work(capacity: int, n_x: int, n_h: int, n_y: int, dtype, by_parts: bool = True):
     """Buffers for a step on up to ``capacity`` examples: ``A1, A2`` (which the
     backward pass turns into ``dZ1, dZ2``), the parts of the first layer
-    (none unless ``by_parts``: see :func:`reads_by_parts`), the per-chunk
+    (none unless ``by_parts``: see :func:`kernels.reads_by_word`), the per-chunk
     sums, and a flag for each block of ``dW1`` (at most one block per
     feature)."""
     return (
@@ -419,7 +413,7 @@ class MiniBatches:
         elif is_csr(X) and not sparse:
             raise ValueError("a scipy.sparse X trains through the sparse kernels only")
         self.nonzeros = self._sparse_input(X, epochs) if sparse else network._dense
-        by_parts = reads_by_parts(self.nonzeros)
+        by_parts = kernels.reads_by_word(self.nonzeros)
         self.work = _work(batch_size, n_x, n_h, n_y, network.dtype, by_parts)
         self.X = kernel_rows(X)
 

@@ -459,6 +459,15 @@ added: it bounds the memory the parts take (a full batch goes in groups)."""
 
 
 @kernel
+def reads_by_word(nonzeros):
+    """Whether ``nonzeros`` (a :class:`Nonzeros`) reads the input by word of 64
+    features: through a mask or a list. Then :func:`forward` sums the first
+    layer by parts of whole words and :func:`backward` gives each thread
+    blocks of ``dW1`` within one word."""
+    return nonzeros.mask.shape[0] > 0 or nonzeros.listed[0].size > 0
+
+
+@kernel
 def _nonzero_bits(chunk):
     """Bit ``b`` set where ``chunk[b] != 0`` (NaN counts as nonzero), for a
     chunk of at most 64 values."""
@@ -639,9 +648,9 @@ def forward(X, rows, nonzeros, W1, b1, W2, b2, activation, A1, A2, part_sums):
     then the parts are added and the output layer computed by chunks of
     examples; in the other forms, each example by one thread at once.
     """
-    mask, _, (wordptr, _, _), (indptr, indices), _ = nonzeros
+    mask, _, _, (indptr, indices), _ = nonzeros
     m = rows.size
-    by_parts = mask.shape[0] > 0 or wordptr.size > 0
+    by_parts = reads_by_word(nonzeros)
     group = min(m, PART_GROUP) if by_parts else m
     for g0 in range(0, m, max(group, 1)):
         g1 = min(m, g0 + group)
@@ -884,8 +893,8 @@ def _dW1_blocks(nonzeros, n_x, n_h, itemsize):
     * a dense input costs the same for every feature: blocks of 16 share
       them evenly between threads (64: 15-19% slower in float64).
     """
-    mask, _, (wordptr, _, _), _, (colptr, _, _) = nonzeros
-    size = _feature_block(n_h, itemsize) if mask.shape[0] > 0 or wordptr.size > 0 else 16
+    colptr = nonzeros.csc[0]
+    size = _feature_block(n_h, itemsize) if reads_by_word(nonzeros) else 16
     return size, N_CHUNKS if colptr.size > 0 else (n_x + size - 1) // size
 
 
