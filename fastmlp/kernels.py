@@ -42,6 +42,7 @@ from typing import NamedTuple
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._jit import kernel
@@ -445,6 +446,40 @@ def _trailing_zeros(typingctx, word):
     return types.uint64(types.uint64), codegen
 
 
+@intrinsic
+def _prefetch(typingctx, array, index):
+    """Start loading the cache line that holds ``array[index]``: a hint to
+    the CPU, with no effect on any result."""
+
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        array = context.make_array(array_type)(context, builder, args[0])
+        address = cgutils.get_item_pointer(context, builder, array_type, array, [args[1]])
+        address = builder.bitcast(address, cgutils.voidptr_t)
+        i32 = ir.IntType(32)
+        prefetch = builder.module.declare_intrinsic(
+            "llvm.prefetch",
+            [cgutils.voidptr_t],
+            ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t, i32, i32, i32]),
+        )
+        # A read, to be kept in every cache level, of data.
+        builder.call(prefetch, [address, i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(array, types.intp), codegen
+
+
+@kernel
+def _prefetch_row(x):
+    """Start loading every cache line of the contiguous row ``x``."""
+    for i in range(0, x.size, 64 // x.itemsize):
+        _prefetch(x, i)
+
+
+PREFETCH_AHEAD = 2
+"""How many examples ahead of the one it sums :func:`_first_layer_parts`
+asks for its part of a row of ``X`` (or of the list of nonzeros)."""
+
 N_PARTS = 2
 """A mini-batch's first layer, read through a mask or a list of its
 nonzeros, is summed in this many fixed parts of the features (whole words
@@ -688,6 +723,13 @@ def _first_layer_parts(X, rows, nonzeros, W1, b1, A1, part_sums, mask):
     in float32 (8 pairs) and 1.12x in float64 (6), the estimator's benchmark
     1.08x (SGD, float32) and 1.06x (Adam, float64); on one thread W2 is
     about 3% slower, for the second pass over each batch.
+
+    A batch's examples lie anywhere in ``X``, so each thread asks for its
+    part of the row (or of the list) :data:`PREFETCH_AHEAD` examples ahead
+    of the one it sums: W2 1.06x-1.20x faster in float32 (5 pairs of
+    processes) and 1.04x-1.09x in float64 (4), the estimator's benchmark
+    1.06x-1.14x; the rows otherwise cost about a third of the first layer's
+    time on one thread.
     """
     _, columns, (wordptr, listed, values), _, _ = nonzeros
     n_words = mask.shape[1] if mask.shape[0] > 0 else wordptr.shape[1] - 1
@@ -701,12 +743,17 @@ def _first_layer_parts(X, rows, nonzeros, W1, b1, A1, part_sums, mask):
             else:
                 for h in range(out.size):
                     out[h] = zero
+            ahead = rows[min(r + PREFETCH_AHEAD, rows.size - 1)]
             if mask.shape[0] > 0:
+                _prefetch_row(X[ahead][64 * w0 : 64 * w1])
                 x = X[rows[r]][64 * w0 :]  # columns below count from word w0
                 _mark_nonzeros(x, mask[r, w0:w1])
                 n = _marked_columns(mask[r, w0:w1], columns[part])
                 _add_selected_rows(out, x, W1[64 * w0 :], columns[part][:n])
             else:
+                p0, p1 = wordptr[ahead, w0], wordptr[ahead, w1]
+                _prefetch_row(values[p0:p1])
+                _prefetch_row(listed[p0:p1])
                 p0, p1 = wordptr[rows[r], w0], wordptr[rows[r], w1]
                 _add_listed_rows(out, values[p0:p1], W1, listed[p0:p1])
 
