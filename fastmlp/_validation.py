@@ -45,8 +45,11 @@ def check_2d(array, name: str = "X") -> None:
         )
 
 
-def as_matrix(X, name: str = "X", *, dtype=None, n_features: int | None = None):
-    """``X`` as a C-contiguous 2-D float array of ``dtype``, finite and non-empty.
+def as_matrix(
+    X, name: str = "X", *, dtype=None, n_features: int | None = None, ensure_finite: bool = True
+):
+    """``X`` as a C-contiguous 2-D float array of ``dtype``, non-empty, and
+    finite unless ``ensure_finite=False`` (see :func:`check_finite`).
 
     Integer pixels (uint8), Fortran-ordered, strided and read-only arrays are
     accepted and copied once into the layout the kernels need.
@@ -73,13 +76,26 @@ def as_matrix(X, name: str = "X", *, dtype=None, n_features: int | None = None):
         )
     target = resolve_dtype(dtype, array)
     array = np.ascontiguousarray(array, dtype=target)
+    if ensure_finite:
+        check_finite(array, name)
+    return array
+
+
+def check_finite(array, name: str = "X") -> None:
+    """Raise ValueError naming the first NaN or infinity of the 2-D ``array``.
+
+    Training skips this check up front (``ensure_finite=False``) and makes it
+    only when a step fails: any NaN or infinity in ``X`` makes the first step
+    fail, and a finite ``X`` is then read once less (W2 in float32, after the
+    caches were flushed: 20.6 against 23.2 ms).
+    """
     # A sum is finite only if every term is: one pass and no array of booleans,
     # as scikit-learn checks (W2's 10,000 images in float64: 1.9 ms against
     # 3.0 ms; in float32 both take about 1.5 ms, the time to read X). Where the
     # sum is not finite, find the first culprit, or none if it overflowed.
     with np.errstate(over="ignore", invalid="ignore"):
         if np.isfinite(array.sum()):
-            return array
+            return
     # In slices, so that checking a large X does not allocate another X of booleans.
     for start in range(0, array.shape[0], _CHECK_ROWS):
         finite = np.isfinite(array[start : start + _CHECK_ROWS])
@@ -89,7 +105,6 @@ def as_matrix(X, name: str = "X", *, dtype=None, n_features: int | None = None):
                 f"{name} contains NaN or infinity (first at row {start + row}, "
                 f"column {column}); remove or impute them first"
             )
-    return array
 
 
 def as_labels(y, n_examples: int, name: str = "y"):

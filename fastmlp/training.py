@@ -12,6 +12,7 @@ from ._validation import (
     as_matrix,
     check_2d,
     check_choice,
+    check_finite,
     check_positive_float,
     check_positive_int,
     reject_sparse,
@@ -50,11 +51,11 @@ def _examples_and_targets(X, y, dtype):
             X, Y = X.T, Y.T
         if not (np.isin(Y, (0, 1)).all() and (Y.sum(axis=1) == 1).all()):
             raise ValueError("a 2-D Y must be one-hot: exactly one 1 per example, zeros elsewhere")
-        X = as_matrix(X, "X", dtype=dtype)
+        X = as_matrix(X, "X", dtype=dtype, ensure_finite=False)
         return X, np.argmax(Y, axis=1).astype(np.int64), np.arange(Y.shape[1]), Y.shape[1]
     if Y.ndim == 1 and len(Y) != X.shape[0] and len(Y) == X.shape[1]:
         X = X.T
-    X = as_matrix(X, "X", dtype=dtype)
+    X = as_matrix(X, "X", dtype=dtype, ensure_finite=False)
     labels, classes = as_labels(Y, X.shape[0], "y")
     n_outputs = 1 if len(classes) == 2 else len(classes)
     return X, labels, classes, n_outputs
@@ -129,6 +130,10 @@ def train(
 
     Raises
     ------
+    ValueError
+        When an argument is invalid, or ``X`` holds NaN or infinity (the fast
+        path finds them when its first step fails, which it then does, so
+        that a finite ``X`` is not read an extra time for the check).
     DivergenceError
         When the loss or a gradient stops being finite (the learning rate is
         too large); its ``model`` holds the last finite parameters.
@@ -159,6 +164,10 @@ def train(
     del params  # the fast path copied them: keep one copy through training
 
     losses, history = [], []
+    if backend == "numpy" or not steps:
+        # The fast path finds a NaN or infinity in X when its first step
+        # fails; NumPy would warn on the way there, and no epochs, no steps.
+        check_finite(X)
 
     def model():
         run.release()  # the training buffers go before the model copies the parameters
@@ -167,6 +176,7 @@ def train(
     for i in steps:
         loss, updated = run.step()
         if not updated:
+            check_finite(X)  # a NaN or infinity in X fails the first step: say so
             raise DivergenceError(
                 f"training diverged at {word.lower()} {i}: the loss or a gradient "
                 "became NaN or infinite, so training stopped before that update. "

@@ -160,6 +160,28 @@ BAD_INPUTS = {
 }
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("batch_size", [None, 4])
+@pytest.mark.parametrize("activation", ["logistic", "relu"])
+def test_training_names_a_non_finite_input_before_any_update(
+    value, backend, batch_size, activation
+):
+    # train() looks for NaN and infinity in X only when a step fails: every
+    # path must fail the first step, even where the activation hides the
+    # value from the forward pass (relu), and report X, not a divergence.
+    X = X10.copy()
+    X[6, 700] = value
+    for iterations in (0, 3):
+        with pytest.raises(
+            ValueError, match=re.escape("X contains NaN or infinity (first at row 6, column 700)")
+        ):
+            fastmlp.train(
+                X, y10, hidden=4, iterations=iterations, backend=backend,
+                batch_size=batch_size, activation=activation, log_every=None,
+            )  # fmt: skip
+
+
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input(case):
     call, exception, message = BAD_INPUTS[case]
