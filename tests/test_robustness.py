@@ -164,13 +164,15 @@ BAD_INPUTS = {
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
 @pytest.mark.parametrize("batch_size", [None, 4])
 @pytest.mark.parametrize("activation", ["logistic", "relu"])
+@pytest.mark.parametrize("dense", [False, True], ids=["sparse", "dense"])
 def test_training_names_a_non_finite_input_before_any_update(
-    value, backend, batch_size, activation
+    value, backend, batch_size, activation, dense
 ):
     # train() looks for NaN and infinity in X only when a step fails: every
-    # path must fail the first step, even where the activation hides the
-    # value from the forward pass (relu), and report X, not a divergence.
-    X = X10.copy()
+    # path (every form of the input: mask, list, prepared, dense) must fail
+    # the first step, even where the activation hides the value from the
+    # forward pass (relu), and report X, not a divergence.
+    X = X10 + 0.5 if dense else X10.copy()
     X[6, 700] = value
     for iterations in (0, 3):
         with pytest.raises(
