@@ -333,10 +333,10 @@ class FastNetwork:
         # A2 is the caller's result: a plain array (its rows of classes are
         # read once, so where it starts does not matter).
         A1, A2 = aligned_empty((size, n_h), self.dtype), np.empty((m, n_y), self.dtype)
-        part_sums = _part_sums(size, n_h, self.dtype)
-        csr = is_csr(X)
+        csr, sparse = is_csr(X), is_sparse(X)
+        part_sums = _part_sums(size if sparse else 0, n_h, self.dtype)  # read by parts
         if not csr:
-            nonzeros = batch_input(size, n_x, self.dtype) if is_sparse(X) else self._dense
+            nonzeros = batch_input(size, n_x, self.dtype) if sparse else self._dense
         for start in range(0, m, size):
             rows, chunk = np.arange(start, min(m, start + size)), X
             if csr:  # listed a chunk at a time, so that the list stays small

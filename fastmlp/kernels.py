@@ -494,6 +494,12 @@ added: it bounds the memory the parts take (a full batch goes in groups)."""
 
 
 @kernel
+def _part_words(part, n_words):
+    """The words ``w0:w1`` (of 64 features) in part ``part`` of :data:`N_PARTS`."""
+    return part * n_words // N_PARTS, (part + 1) * n_words // N_PARTS
+
+
+@kernel
 def reads_by_word(nonzeros):
     """Whether ``nonzeros`` (a :class:`Nonzeros`) reads the input by word of 64
     features: through a mask or a list. Then :func:`forward` sums the first
@@ -735,7 +741,7 @@ def _first_layer_parts(X, rows, nonzeros, W1, b1, A1, part_sums, mask):
     n_words = mask.shape[1] if mask.shape[0] > 0 else wordptr.shape[1] - 1
     zero = A1.dtype.type(0)
     for part in prange(N_PARTS):
-        w0, w1 = part * n_words // N_PARTS, (part + 1) * n_words // N_PARTS
+        w0, w1 = _part_words(part, n_words)
         for r in range(rows.size):
             out = A1[r] if part == 0 else part_sums[part - 1, r]
             if part == 0:
@@ -926,7 +932,8 @@ def _part_of_columns(colptr, part, n_parts):
 @kernel
 def _dW1_blocks(nonzeros, n_x, n_h, itemsize):
     """How :func:`backward` splits the rows of ``dW1`` between threads:
-    returns the block size and the number of blocks (see :func:`_block_rows`).
+    returns the block size, the number of blocks and whether the blocks are
+    a mask's or a list's (see :func:`_block_rows`).
 
     Blocks of features own their rows of ``dW1`` and add the examples in
     order, so neither the thread count nor the blocks ever change a sum. Each
@@ -946,12 +953,12 @@ def _dW1_blocks(nonzeros, n_x, n_h, itemsize):
     """
     colptr = nonzeros.csc[0]
     if colptr.size > 0:
-        return 16, N_CHUNKS
+        return 16, N_CHUNKS, False
     if reads_by_word(nonzeros):
         size = _feature_block(n_h, itemsize)
         most_words = -(-((n_x + 63) // 64) // N_PARTS)
-        return size, N_PARTS * most_words * (64 // size)
-    return 16, (n_x + 15) // 16
+        return size, N_PARTS * most_words * (64 // size), True
+    return 16, (n_x + 15) // 16, False
 
 
 @kernel
@@ -961,10 +968,10 @@ def _block_rows(block, n_blocks, size, colptr, n_x, by_word):
     if colptr.size > 0:
         return _part_of_columns(colptr, block, n_blocks)
     if by_word:
-        per_part, n_words = n_blocks // N_PARTS, (n_x + 63) // 64
-        part = block // per_part
-        end = min(n_x, 64 * ((part + 1) * n_words // N_PARTS))
-        k0 = 64 * (part * n_words // N_PARTS) + (block % per_part) * size
+        per_part = n_blocks // N_PARTS
+        w0, w1 = _part_words(block // per_part, (n_x + 63) // 64)
+        end = min(n_x, 64 * w1)
+        k0 = 64 * w0 + (block % per_part) * size
         return min(k0, end), min(k0 + size, end)
     return block * size, min(n_x, block * size + size)
 
@@ -1020,8 +1027,7 @@ def backward(
     # checked while it is in this thread's cache.
     mask, _, (wordptr, listed, listed_values), _, (colptr, rowidx, values) = nonzeros
     n_x, n_h = W1.shape
-    size, n_blocks = _dW1_blocks(nonzeros, n_x, n_h, W1.itemsize)
-    by_word = reads_by_word(nonzeros)
+    size, n_blocks, by_word = _dW1_blocks(nonzeros, n_x, n_h, W1.itemsize)
     word_mask = np.uint64(0xFFFFFFFFFFFFFFFF) >> np.uint64(64 - size)
     for block in prange(n_blocks):
         k0, k1 = _block_rows(block, n_blocks, size, colptr, n_x, by_word)
@@ -1154,7 +1160,7 @@ def _update_if_finite(loss, theta, grads, optimizer, n_x, n_h, nonzeros, finite)
     """
     solver, hyper, state, step = optimizer
     colptr = nonzeros.csc[0]
-    size, n_blocks = _dW1_blocks(nonzeros, n_x, n_h, theta.itemsize)
+    size, n_blocks, by_word = _dW1_blocks(nonzeros, n_x, n_h, theta.itemsize)
     n_w1 = n_x * n_h
     ok = _finite(loss, grads[n_w1:])
     for block in range(n_blocks):
@@ -1164,9 +1170,8 @@ def _update_if_finite(loss, theta, grads, optimizer, n_x, n_h, nonzeros, finite)
     if solver == ADAM:
         step[0] += 1
     _update_blocks(
-        theta, grads, solver, hyper, state, step[0], n_x, n_h, size, n_blocks, colptr,
-        reads_by_word(nonzeros),
-    )  # fmt: skip
+        theta, grads, solver, hyper, state, step[0], n_x, n_h, size, n_blocks, colptr, by_word
+    )
     _update_range(theta, grads, n_w1, theta.size, solver, hyper, state, step[0])
     return True
 

@@ -309,13 +309,14 @@ def test_parts_of_columns_share_the_nonzeros_evenly(rng, density):
 @pytest.mark.parametrize("n_h", [24, 256, 5000], ids=["64-features", "16-features", "1-feature"])
 def test_blocks_of_a_mask_tile_the_features_within_the_forward_passes_parts(n_x, n_h):
     nonzeros = engine.batch_input(8, n_x, np.float64)
-    size, n_blocks = kernels._dW1_blocks(nonzeros, n_x, n_h, 8)
+    size, n_blocks, by_word = kernels._dW1_blocks(nonzeros, n_x, n_h, 8)
+    assert by_word
     assert size == kernels._feature_block(n_h, 8) and n_blocks % kernels.N_PARTS == 0
     assert n_blocks <= engine._work(8, n_x, n_h, 3, np.float64)[-1].size  # a flag for each
     n_words, per_part = -(-n_x // 64), n_blocks // kernels.N_PARTS
     covered = []
     for block in range(n_blocks):
-        k0, k1 = kernels._block_rows(block, n_blocks, size, nonzeros.csc[0], n_x, True)
+        k0, k1 = kernels._block_rows(block, n_blocks, size, nonzeros.csc[0], n_x, by_word)
         part = block // per_part
         w0, w1 = part * n_words // kernels.N_PARTS, (part + 1) * n_words // kernels.N_PARTS
         assert 64 * w0 <= k0 <= k1 <= min(64 * w1, n_x) and k1 - k0 <= size
