@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from subprocess import PIPE
 
 import numpy as np
 import pytest
@@ -33,7 +32,9 @@ def start(env_overrides):
     """Start :data:`SCRIPT` in a process with these environment variables."""
     env = dict(os.environ, **env_overrides)
     command = [sys.executable, "-c", SCRIPT]
-    return subprocess.Popen(command, env=env, stdout=PIPE, stderr=PIPE, text=True)
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def finish(process):
