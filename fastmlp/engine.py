@@ -35,10 +35,6 @@ PREDICT_CHUNK = 4096
 """Examples per forward pass when predicting, to bound the buffers' size."""
 
 
-CACHE_LINE = 64
-"""Bytes in a cache line of x86 and most Arm cores."""
-
-
 def aligned_empty(shape, dtype) -> np.ndarray:
     """``np.empty(shape, dtype)`` that starts on a cache line.
 
@@ -52,8 +48,8 @@ def aligned_empty(shape, dtype) -> np.ndarray:
     """
     dtype = np.dtype(dtype)
     n_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    buffer = np.empty(n_bytes + CACHE_LINE, np.uint8)
-    start = -buffer.ctypes.data % CACHE_LINE
+    buffer = np.empty(n_bytes + kernels.CACHE_LINE, np.uint8)
+    start = -buffer.ctypes.data % kernels.CACHE_LINE
     return buffer[start : start + n_bytes].view(dtype).reshape(shape)
 
 

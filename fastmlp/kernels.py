@@ -446,6 +446,10 @@ def _trailing_zeros(typingctx, word):
     return types.uint64(types.uint64), codegen
 
 
+CACHE_LINE = 64
+"""Bytes in a cache line of x86 and most Arm cores."""
+
+
 @intrinsic
 def _prefetch(typingctx, array, index):
     """Start loading the cache line that holds ``array[index]``: a hint to
@@ -472,7 +476,7 @@ def _prefetch(typingctx, array, index):
 @kernel
 def _prefetch_row(x):
     """Start loading every cache line of the contiguous row ``x``."""
-    for i in range(0, x.size, 64 // x.itemsize):
+    for i in range(0, x.size, CACHE_LINE // x.itemsize):
         _prefetch(x, i)
 
 
@@ -956,8 +960,8 @@ def _dW1_blocks(nonzeros, n_x, n_h, itemsize):
         return 16, N_CHUNKS, False
     if reads_by_word(nonzeros):
         size = _feature_block(n_h, itemsize)
-        most_words = -(-((n_x + 63) // 64) // N_PARTS)
-        return size, N_PARTS * most_words * (64 // size), True
+        w0, w1 = _part_words(N_PARTS - 1, (n_x + 63) // 64)  # the last part is the largest
+        return size, N_PARTS * (w1 - w0) * (64 // size), True
     return 16, (n_x + 15) // 16, False
 
 
