@@ -9,6 +9,7 @@ through a list of its nonzeros, never made dense.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from . import kernels
@@ -430,6 +431,13 @@ class MiniBatches:
         there, with the parameters as they were before it), or -1.
         """
         net = self.network
+        # train_epoch calls parallel kernels without being one. Numba saves it
+        # in its cache without the call that starts the threads when the
+        # parallel kernels came from the cache as it compiled, so a process
+        # that then loads it would crash in its first parallel loop
+        # (numba#8578; tests/test_jit.py). Asking for the thread count
+        # starts them, once per process.
+        numba.get_num_threads()
         total, failed = kernels.train_epoch(
             self.X,
             self.labels,

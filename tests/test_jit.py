@@ -85,6 +85,53 @@ def test_a_second_process_loads_the_kernels_from_the_cache(cold_runs):
     assert second["W1"] == first["W1"]
 
 
+# Compiles (and caches) the parallel kernels that train_epoch calls, each on
+# its own, before any training: the order in which numba#8578 struck.
+CALLEES_FIRST = textwrap.dedent(
+    """
+    import numpy as np
+    from fastmlp import engine, kernels
+    rng = np.random.default_rng(0)
+    X = rng.random((60, 12)); X[X < 0.7] = 0
+    y = rng.integers(0, 3, 60)
+    theta = engine.flatten_params(
+        rng.normal(size=(12, 8)), np.zeros(8), rng.normal(size=(3, 8)), np.zeros(3)
+    )
+    network = engine.FastNetwork(theta, 12, 8, 3, "logistic")
+    batches = network.mini_batches(X, y, 16)
+    optimizer = engine.Optimizer("sgd", theta.size, theta.dtype, learning_rate=0.1)
+    A1, A2, part_sums, partial, partial_loss, finite = batches.work
+    (W1, b1, W2, b2), (dW1, db1, dW2, db2) = network.params, kernels.unpack(network.grads, 12, 8, 3)
+    rows = np.arange(16)
+    kernels.forward(
+        batches.X, rows, batches.nonzeros, W1, b1, W2, b2, network._code, A1[:16], A2[:16],
+        part_sums,
+    )
+    loss = kernels.backward(
+        batches.X, rows, batches.nonzeros, batches.labels, batches.weights, W1, W2,
+        network._code, 0.0, A1[:16], A2[:16], dW1, db1, dW2, db2, partial, partial_loss, finite,
+    )
+    kernels._update_if_finite(
+        loss, theta, network.grads, optimizer.as_kernel_args(), 12, 8, batches.nonzeros, finite
+    )
+    """
+)
+
+
+def test_training_loads_kernels_cached_after_their_callees(tmp_path):
+    """A process that compiled the parallel kernels on their own, then one
+    that compiled the training loop around them from the cache, then one
+    that loads the loop: Numba saves that loop without what starts its
+    threads (numba#8578), and the third process crashed until the engine
+    started them itself."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    subprocess.run([sys.executable, "-c", CALLEES_FIRST], env=env, check=True, timeout=600)
+    first = run({"NUMBA_CACHE_DIR": str(tmp_path)})
+    second = run({"NUMBA_CACHE_DIR": str(tmp_path)})
+    assert second["stats"]["train_epoch"] == [1, 0]  # loaded, not compiled
+    assert second["W1"] == first["W1"]
+
+
 def test_cache_can_be_switched_off(cold_runs):
     cache, result = cold_runs["uncached"]
     assert not any(cache.rglob("*.nbi"))
