@@ -202,11 +202,12 @@ def _index_dtype(n: int):
     return np.uint16 if n <= 1 << 16 else np.uint32
 
 
-def _empty_nonzeros(n_x: int, dtype, mask_rows: int = 0, chunks: int = 0):
+def _empty_nonzeros(n_x: int, dtype, mask_rows: int = 0):
     columns = _index_dtype(n_x)
+    threads = numba.config.NUMBA_NUM_THREADS if mask_rows else 0
     return kernels.Nonzeros(
         np.empty((mask_rows, -(-n_x // 64) if mask_rows else 0), np.uint64),
-        np.empty((chunks, n_x if chunks else 0), columns),
+        np.empty((threads, 64 if mask_rows else 0), np.uint64),
         (np.empty((0, 0), np.int64), np.empty(0, columns), np.empty(0, dtype)),
         (np.empty(0, np.int64), np.empty(0, columns)),
         # The types of a prepared batch of up to 65,536 examples, so that every
@@ -223,7 +224,7 @@ def dense_input(n_x: int, dtype) -> kernels.Nonzeros:
 
 def batch_input(capacity: int, n_x: int, dtype) -> kernels.Nonzeros:
     """Room to mark the nonzeros of each mini-batch of up to ``capacity`` examples."""
-    return _empty_nonzeros(n_x, dtype, capacity, kernels.N_CHUNKS)
+    return _empty_nonzeros(n_x, dtype, capacity)
 
 
 def listed_input(X) -> kernels.Nonzeros:

@@ -570,7 +570,7 @@ def test_inputs_wider_than_16_bit_column_numbers(rng, form):
     y = rng.integers(0, n_y, m)
     params = make_network(rng, n_x, n_h, n_y, np.float64)
     nonzeros = input_nonzeros(X, form)
-    column_numbers = nonzeros.columns, nonzeros.listed[1], nonzeros.csr[1]
+    column_numbers = nonzeros.listed[1], nonzeros.csr[1]
     assert {numbers.dtype for numbers in column_numbers} == {np.dtype(np.uint32)}
     _, grads = kernel_gradients(X, y, kernel_layout(*params), form=form)
     Z1, A1_ref, Z2, A2_ref = reference.forward(*params, X.T)
