@@ -815,16 +815,15 @@ def _first_layer_parts(X, rows, nonzeros, W1, b1, A1, part_sums, mask):
                 p0, p1 = wordptr[ahead, w0], wordptr[ahead, w1]
                 _prefetch_row(values[p0:p1])
                 _prefetch_row(listed[p0:p1])
-        # Word by word: a word's rows of W1 stay in the nearest cache while
-        # all the examples add them.
-        for w in range(w0, w1):
-            for r in range(rows.size):
-                out = A1[r] if part == 0 else part_sums[part - 1, r]
-                if mask.shape[0] > 0:
+                p0, p1 = wordptr[rows[r], w0], wordptr[rows[r], w1]
+                _add_listed_rows(out, values[p0:p1], W1, listed[p0:p1])
+        if mask.shape[0] > 0:
+            # Word by word: a word's rows of W1 stay in the nearest cache
+            # while all the examples add them.
+            for w in range(w0, w1):
+                for r in range(rows.size):
+                    out = A1[r] if part == 0 else part_sums[part - 1, r]
                     _add_marked_rows(out, X[rows[r]][64 * w :], W1[64 * w :], mask[r, w])
-                else:
-                    p0, p1 = wordptr[rows[r], w], wordptr[rows[r], w + 1]
-                    _add_listed_rows(out, values[p0:p1], W1, listed[p0:p1])
 
 
 # --------------------------------------------------------------------------

@@ -325,10 +325,22 @@ def test_blocks_of_a_mask_tile_the_features_within_the_forward_passes_parts(n_x,
     assert covered == list(range(n_x))  # every feature once, in order
 
 
+def test_transposing_bits_turns_the_matrix_around(rng):
+    words = rng.integers(0, 2**64, 64, dtype=np.uint64)
+    bits = np.unpackbits(words.view(np.uint8).reshape(64, 8), axis=1, bitorder="little")
+    turned = kernels._transpose_bits(words.copy())
+    turned_bits = np.unpackbits(turned.view(np.uint8).reshape(64, 8), axis=1, bitorder="little")
+    np.testing.assert_array_equal(turned_bits, bits.T)
+
+
 @pytest.mark.parametrize("n_h", [24, 200, 1100], ids=["64-features", "16-features", "2-features"])
 @pytest.mark.parametrize("form", ["mask", "listed"])
-def test_mini_batch_gradient_matches_reference_for_every_block_size(rng, n_h, form):
-    m, n_x, n_y, l2 = 37, 157, 3, 0.3
+@pytest.mark.parametrize("m", [37, 150], ids=["one-group", "three-groups"])
+def test_mini_batch_gradient_matches_reference_for_every_block_size(rng, n_h, form, m):
+    """Every block size of dW1, hidden layers narrower and wider than
+    HIDDEN_BLOCK, and batches of one and of several groups of 64 examples
+    (the backward pass turns the mask around 64 examples at a time)."""
+    n_x, n_y, l2 = 157, 3, 0.3
     X, y = sparse_data(rng, m, n_x, n_y, np.float64)
     params = make_network(rng, n_x, n_h, n_y, np.float64)
     _, grads = kernel_gradients(X, y, kernel_layout(*params), form=form, l2=l2)
