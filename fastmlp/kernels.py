@@ -788,9 +788,15 @@ def _first_layer_parts(X, rows, nonzeros, W1, b1, A1, part_sums, mask):
     1.08x (SGD, float32) and 1.06x (Adam, float64); on one thread W2 is
     about 3% slower, for the second pass over each batch.
 
+    Through a mask, each thread first marks its part of every example's
+    row, then sums word by word, so that a word's 64 rows of ``W1`` stay in
+    the nearest cache while all the batch's examples add them (see
+    :data:`HIDDEN_BLOCK`); a list, whose calls per word cost more than they
+    save, is summed an example's part at a time.
+
     A batch's examples lie anywhere in ``X``, so each thread asks for its
     part of the row (or of the list) :data:`PREFETCH_AHEAD` examples ahead
-    of the one it sums: W2 1.06x-1.20x faster in float32 (5 pairs of
+    of the one it marks or sums: W2 1.06x-1.20x faster in float32 (5 pairs of
     processes) and 1.04x-1.09x in float64 (4), the estimator's benchmark
     1.06x-1.14x; the rows otherwise cost about a third of the first layer's
     time on one thread.
@@ -963,15 +969,15 @@ L1_BYTES = 32 * 1024
 @kernel
 def _feature_block(n_h, itemsize):
     """How many features of ``dW1`` the backward pass gives a thread at a
-    time when it reads a mini-batch's mask: the most, up to one word of the
-    mask (64), whose rows fit in :data:`L1_BYTES`.
+    time when it reads a mini-batch's mask or list: the most, up to one
+    word of the mask (64), whose rows fit in :data:`L1_BYTES`.
 
-    For each example, a block costs a look at the example's nonzeros in it
-    and a mispredicted exit from that look; larger blocks pay that less
-    often, as long as the rows they add into stay in the nearest cache.
-    Measured on MNIST against a fixed 16: the sum over features alone 14-31%
-    faster with hidden 64 (64 features), the whole backward pass 3-8%; with
-    hidden 256, 16 (float64) and 32 (float32) features were the fastest.
+    Measured on MNIST against a fixed 16, when each example added its terms
+    into the block's rows: the sum over features alone 14-31% faster with
+    hidden 64 (64 features), the whole backward pass 3-8%; with hidden 256,
+    16 (float64) and 32 (float32) features were the fastest. Since a mask's
+    blocks go feature by feature with the sums in registers, whole words
+    for every hidden size made W3 slower (0.84x-1.01x, alternating processes).
     """
     size = 64
     while size > 1 and size * n_h * itemsize > L1_BYTES:
