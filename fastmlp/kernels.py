@@ -511,7 +511,6 @@ def _transpose_bits(words):
                 words[i] ^= swap << width
         width >>= np.uint64(1)
         low ^= low << width
-    return words
 
 
 CACHE_LINE = 64
@@ -1118,7 +1117,6 @@ def backward(
                         p1 -= 1
                 _scatter_row(dW1, listed_values[p0:p1], listed[p0:p1], A1[r])
         elif mask.shape[0] > 0:
-            # By feature, from each group of 64 examples' mask turned around.
             word, shift = k0 // 64, np.uint64(k0 % 64)
             # By feature, from the examples that have it, 64 examples at a
             # time: their words of the mask, turned around.

@@ -328,7 +328,8 @@ def test_blocks_of_a_mask_tile_the_features_within_the_forward_passes_parts(n_x,
 def test_transposing_bits_turns_the_matrix_around(rng):
     words = rng.integers(0, 2**64, 64, dtype=np.uint64)
     bits = np.unpackbits(words.view(np.uint8).reshape(64, 8), axis=1, bitorder="little")
-    turned = kernels._transpose_bits(words.copy())
+    turned = words.copy()
+    kernels._transpose_bits(turned)
     turned_bits = np.unpackbits(turned.view(np.uint8).reshape(64, 8), axis=1, bitorder="little")
     np.testing.assert_array_equal(turned_bits, bits.T)
 
