@@ -318,7 +318,12 @@ batch's first layer 1.14x (float32) and 1.3x (float64) faster, its sum
 into ``dW1`` by feature 1.25x and 1.16x; with the passes' loops reordered
 to use them (see :func:`_first_layer_parts` and :func:`backward`), W2
 1.12x and 1.3x faster, W3 1.03x-1.23x, W1 1.04x-1.22x (alternating
-processes, two threads)."""
+processes, two threads).
+
+Each of the four writes its loops out, and they differ only in how a row's
+weight and number are found: with the block's step in a helper kernel (and
+a slice of ``out`` for the rest), Numba compiled it as a call that counts
+references to the arrays passed, and the sums went back to memory."""
 
 
 @kernel(noalias=True)
