@@ -1,5 +1,8 @@
 """Every kernel against its twin in the reference path, in float32 and float64."""
 
+import subprocess
+import sys
+import textwrap
 import warnings
 
 import numba
@@ -485,6 +488,68 @@ def test_listed_and_marked_nonzeros_train_the_same_weights(rng, dtype):
             assert batches.epoch(orders.permutation(m), optimizer)[1] == -1
         results.append(net.theta)
     np.testing.assert_array_equal(*results)
+
+
+def subnormal(a):
+    return (a != 0) & (np.abs(a) < np.finfo(a.dtype).tiny)
+
+
+@pytest.mark.skipif(not kernels._X86, reason="the kernels flush subnormals on x86 only")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("form", ["mask", "listed"])
+def test_training_flushes_subnormal_numbers(rng, dtype, form):
+    # Feature 0 is always zero, so Adam with an L2 penalty only shrinks its
+    # weights; from just above the smallest normal number, their gradients,
+    # moments and weights underflow at once.
+    m, n_x, n_h, n_y = 64, 100, 16, 4
+    X, y = sparse_data(rng, m, n_x, n_y, dtype)
+    X[:, 0] = 0
+    params = make_network(rng, n_x, n_h, n_y, dtype)
+    params[0][:, 0] = 8 * np.finfo(dtype).tiny  # W1's row of feature 0, in the notebook's layout
+    settings = dict(learning_rate=1e-3, l2=1e-3)
+    net = engine.FastNetwork(engine.flatten_params(*params), n_x, n_h, n_y, "logistic")
+    optimizer = engine.Optimizer("adam", net.theta.size, dtype, **settings)
+    batches = net.mini_batches(X, y, 16, sparse=True, epochs=3 if form == "listed" else 1)
+    expected = [p.copy() for p in params]
+    state = [[np.zeros(p.shape, dtype) for p in params] for _ in range(2)]
+    order = rng.permutation(m)
+    assert batches.epoch(order, optimizer)[1] == -1
+    with np.errstate(under="ignore"):
+        reference.train_epoch(expected, X.T, y, order, 16, "adam", state, **settings)
+    assert subnormal(expected[0][:, 0]).any()  # NumPy's arithmetic keeps them
+    for values in (net.theta, optimizer.state, net._grads):
+        assert not subnormal(values).any()
+    fast = engine.notebook_params(net.theta, n_x, n_h, n_y)
+    for fast_values, slow in zip(fast, expected, strict=True):
+        np.testing.assert_allclose(fast_values, slow, rtol=RTOL_EPOCHS[dtype], atol=1e-30)
+
+
+# Trains first, so that training starts Numba's threads; then divides the
+# smallest normal number by 4 on this thread and on every one of Numba's.
+SUBNORMALS_AFTER_TRAINING = textwrap.dedent(
+    """
+    import numba, numpy as np, fastmlp
+
+    @numba.njit(parallel=True)
+    def quarter(x):
+        out = np.empty_like(x)
+        for i in numba.prange(x.size):  # many more iterations than threads
+            out[i] = x[i] / x.dtype.type(4)
+        return out
+
+    rng = np.random.default_rng(0)
+    X = rng.random((300, 50)); X[X < 0.8] = 0
+    fastmlp.train(X, rng.integers(0, 3, 300), hidden=8, iterations=2, batch_size=32)
+    tiny = np.full(1000, np.finfo(np.float64).tiny)
+    assert (tiny / 4 != 0).all(), "this thread"
+    assert (quarter(tiny) != 0).all(), "Numba's threads"
+    """
+)
+
+
+@pytest.mark.skipif(not kernels._X86, reason="the kernels flush subnormals on x86 only")
+def test_training_leaves_every_thread_treating_subnormals_as_before():
+    subprocess.run([sys.executable, "-c", SUBNORMALS_AFTER_TRAINING], check=True, timeout=600)
 
 
 def test_non_finite_gradient_leaves_parameters_untouched(rng):
