@@ -152,3 +152,44 @@ def bench_mini_batch_nonzeros(benchmark, smoke, dtype, epochs):
         rounds=20,
         warmup_rounds=1,
     )
+
+
+@pytest.mark.parametrize("implementation", ["numpy", "numba"])
+@pytest.mark.parametrize("when", ["early", "late"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def bench_adam_epoch_late_in_a_long_run(benchmark, smoke, dtype, when, implementation):
+    """An epoch of Adam with an L2 penalty (the estimator's benchmark: 8,000
+    MNIST digits, batches of 200) from the notebook's weights ("early") or
+    after 50 epochs of the fast path ("late"). By then the weights of the
+    inputs that are zero in every example have shrunk so far that their
+    gradients and moments underflow: the NumPy reference pays for the slow
+    arithmetic on subnormal numbers, the fast path flushes them to zero."""
+    X, y, _ = load_data(1000 if smoke else 8000, dtype)
+    _, net = fast_network(dtype)
+    settings = dict(learning_rate=1e-3, l2=1e-4)
+    optimizer = engine.Optimizer("adam", net.theta.size, dtype, **settings)
+    batches = net.mini_batches(X, y, 200, sparse=True)
+    orders = np.random.default_rng(0)
+    for _ in range(50 if when == "late" and not smoke else 0):
+        batches.epoch(orders.permutation(len(y)), optimizer)
+    benchmark.group = f"Adam epoch {dtype.__name__}: early or late in a long run"
+    if implementation == "numpy":
+        params = list(engine.notebook_params(net.theta, N_X, N_H, N_Y))
+        state = [engine.notebook_params(s, N_X, N_H, N_Y) for s in optimizer.state]
+        step = int(optimizer.step[0])
+
+        def epoch(order):
+            nonlocal step
+            with np.errstate(under="ignore"):
+                _, step, _ = reference.train_epoch(
+                    params, X.T, y, order, 200, "adam", state, step=step, **settings
+                )
+
+    else:
+
+        def epoch(order):
+            batches.epoch(order, optimizer)
+
+    benchmark.pedantic(
+        epoch, setup=lambda: ((orders.permutation(len(y)),), {}), rounds=5, warmup_rounds=1
+    )
