@@ -182,16 +182,18 @@ def _work(capacity: int, n_x: int, n_h: int, n_y: int, dtype, by_parts: bool = T
     """Buffers for a step on up to ``capacity`` examples: ``A1, A2`` (which the
     backward pass turns into ``dZ1, dZ2``), the parts of the first layer
     (none unless ``by_parts``: see :func:`kernels.reads_by_word`), the per-chunk
-    sums, and a flag for each block of ``dW1`` (at most one block per
-    feature, plus the padding of :func:`kernels._dW1_blocks`' parts: less
-    than 64 blocks per part)."""
+    sums, the per-chunk losses (later the per-block squared weights), and a
+    flag for each block of ``dW1`` (at most one block per feature, plus the
+    padding of :func:`kernels._dW1_blocks`' parts: less than 64 blocks per
+    part)."""
+    n_blocks = max(n_x + 64 * kernels.N_PARTS, kernels.N_CHUNKS)
     return (
         aligned_empty((capacity, n_h), dtype),
         aligned_empty((capacity, n_y), dtype),
         _part_sums(capacity if by_parts else 0, n_h, dtype),
         np.empty((kernels.N_CHUNKS, n_y * n_h + n_y + 2 * n_h), dtype),
-        np.empty(kernels.N_CHUNKS, np.float64),
-        np.empty(max(n_x + 64 * kernels.N_PARTS, kernels.N_CHUNKS), np.bool_),
+        np.empty(n_blocks, np.float64),
+        np.empty(n_blocks, np.bool_),
     )
 
 
