@@ -60,7 +60,12 @@ SGD, MOMENTUM, ADAM = 0, 1, 2
 
 N_CHUNKS = 16
 """Reductions over examples are split into this many chunks, whatever the
-number of threads, and the chunks are added in order."""
+number of threads, and the chunks are added in order (fewer for a small
+batch: see :func:`_n_chunks`)."""
+
+CHUNK_MIN = 8
+"""The fewest examples in a chunk of a batch too small for :data:`N_CHUNKS`
+chunks of this many."""
 
 # Positions in the ``hyper`` vector of optimiser settings.
 LEARNING_RATE, MOMENTUM_COEF, NESTEROV, BETA1, BETA2, EPSILON, L2 = range(7)
@@ -138,6 +143,17 @@ def _restore_subnormals(typingctx, saved):
         return context.get_dummy_value()
 
     return types.void(types.int64), codegen
+
+
+@kernel
+def _n_chunks(m):
+    """How many chunks ``m`` examples are split into: :data:`N_CHUNKS`, or as
+    many chunks of at least :data:`CHUNK_MIN` examples as ``m`` allows, a
+    number that depends on ``m`` alone. A chunk costs a pass over a
+    ``dW2``-sized partial sum, and its output layer runs as one vectorised
+    loop over its examples: at batches of 32, chunks of two examples cost
+    more than their arithmetic."""
+    return max(1, min(N_CHUNKS, m // CHUNK_MIN))
 
 
 # --------------------------------------------------------------------------
@@ -836,9 +852,10 @@ def forward(X, rows, nonzeros, W1, b1, W2, b2, activation, A1, A2, part_sums):
         if by_parts:
             _first_layer_parts(X, rows[g0:g1], nonzeros, W1, b1, A1[g0:g1], part_sums, mask[g0:g1])
         n, one = g1 - g0, A1.dtype.type(1)
-        for c in prange(N_CHUNKS):
+        n_chunks = _n_chunks(n)
+        for c in prange(n_chunks):
             saved = _flush_subnormals()
-            start, end = g0 + c * n // N_CHUNKS, g0 + (c + 1) * n // N_CHUNKS
+            start, end = g0 + c * n // n_chunks, g0 + (c + 1) * n // n_chunks
             for r in range(start, end):
                 a1 = A1[r]
                 if by_parts:
@@ -1021,14 +1038,14 @@ def _add_chunks(partial, partial_loss, total, W2, l2, penalty, dW2, db2, db1):
     gW2[:] = 0
     db2[:] = 0
     db1[:] = 0
-    for c in range(N_CHUNKS):
+    for c in range(partial.shape[0]):
         sums = partial[c]
         gW2 += sums[:k]
         db2 += sums[k : k + n_y]
         db1 += sums[k + n_y : k + n_y + n_h]
     if total == 0:
         return 0.0
-    loss = partial_loss[:N_CHUNKS].sum() / total
+    loss = partial_loss.sum() / total
     if l2 > 0:
         _add_scaled(gW2, penalty, W2.reshape(k))
         loss += 0.5 * l2 * _sum_of_squares(W2) / total
@@ -1175,16 +1192,19 @@ def backward(
     total = _total_weight(weights, rows)
     inv_total = 1.0 / total if total != 0 else 0.0
     penalty = W1.dtype.type(l2 / total if total != 0 else 0.0)
-    for c in prange(N_CHUNKS):
+    n_chunks = _n_chunks(m)
+    for c in prange(n_chunks):
         saved = _flush_subnormals()
-        start, end = c * m // N_CHUNKS, (c + 1) * m // N_CHUNKS
+        start, end = c * m // n_chunks, (c + 1) * m // n_chunks
         partial[c] = 0
         partial_loss[c] = _backprop_rows(
             y, weights, rows[start:end], inv_total, W2, activation, A1[start:end],
             A2[start:end], partial[c],
         )  # fmt: skip
         _restore_subnormals(saved)
-    loss = _add_chunks(partial, partial_loss, total, W2, l2, penalty, dW2, db2, db1)
+    loss = _add_chunks(
+        partial[:n_chunks], partial_loss[:n_chunks], total, W2, l2, penalty, dW2, db2, db1
+    )
     # dW1 = X.T @ dZ1 (see _dW1_blocks), and whether each block is finite,
     # checked while it is in this thread's cache.
     mask, turned, (wordptr, listed, listed_values), _, (colptr, rowidx, values) = nonzeros
