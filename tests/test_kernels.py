@@ -518,7 +518,9 @@ def test_training_flushes_subnormal_numbers(rng, dtype, form):
     assert batches.epoch(order, optimizer)[1] == -1
     with np.errstate(under="ignore"):
         reference.train_epoch(expected, X.T, y, order, 16, "adam", state, **settings)
-    assert subnormal(expected[0][:, 0]).any()  # NumPy's arithmetic keeps them
+    # NumPy's arithmetic keeps them (in the first moment; whether the weights
+    # follow depends on the NumPy version's promotion of Adam's step size).
+    assert subnormal(state[0][0][:, 0]).any()
     for values in (net.theta, optimizer.state, net._grads):
         assert not subnormal(values).any()
     fast = engine.notebook_params(net.theta, n_x, n_h, n_y)
