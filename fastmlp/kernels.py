@@ -19,8 +19,9 @@ Rules every kernel follows
 * A kernel allocates nothing: it writes into buffers the caller passes.
 * Each output element is summed in an order fixed by the data alone, never by
   the number of threads: parallel loops either own whole output rows or
-  reduce over a fixed number of chunks (``N_CHUNKS``) combined in order. The
-  trained weights are therefore bitwise identical for any thread count.
+  reduce over a number of chunks set by the batch size alone
+  (:func:`_n_chunks`), combined in order. The trained weights are therefore
+  bitwise identical for any thread count.
 * Constants take the dtype of the data (``A.dtype.type(1)``): a bare ``1.0``
   would promote float32 arithmetic to float64.
 * The parameters and their gradients live in one flat vector each (see
