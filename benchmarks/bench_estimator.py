@@ -88,9 +88,10 @@ def bench_estimator_fit(benchmark, smoke, library, solver, dtype):
 @pytest.mark.parametrize("library", ["fastmlp", "sklearn"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 def bench_estimator_fit_small_batches(benchmark, smoke, library, dtype, batch_size):
-    """Adam at smaller batches: scikit-learn's cost per batch is mostly
-    Python's and NumPy's calls, fastmlp's mostly the passes over every
-    weight (the gradient, the L2 term, Adam's moments)."""
+    """Adam at smaller batches, where each library's cost per batch that
+    does not shrink with the batch shows most: scikit-learn's Python and
+    NumPy calls, fastmlp's passes over every weight (the gradient, the L2
+    term, Adam's moments)."""
     X, y, epochs, data = digits(smoke, dtype)
     time_fits(benchmark, library, "adam", epochs, X, y, data, batch_size)
 
