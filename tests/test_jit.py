@@ -2,10 +2,13 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
 
+import llvmlite.binding
+import numba
 import numpy as np
 import pytest
 
@@ -53,6 +56,7 @@ SWITCHED_OFF = {
     "uncached": {"FASTMLP_CACHE": "0"},
     "serial": {"FASTMLP_PARALLEL": "0"},
     "checked": {"FASTMLP_NOALIAS": "0"},
+    "narrow": {"FASTMLP_WIDE_VECTORS": "0"},
 }
 """The cold runs: the default switches, and each switch turned off."""
 
@@ -138,10 +142,11 @@ def test_cache_can_be_switched_off(cold_runs):
     assert all(hits == 0 for hits, _ in result["stats"].values())
 
 
-@pytest.mark.parametrize("switched_off", ["serial", "checked"])
+@pytest.mark.parametrize("switched_off", ["serial", "checked", "narrow"])
 def test_switched_off_kernels_give_the_same_model(cold_runs, switched_off):
-    """Kernels on one thread (FASTMLP_PARALLEL=0) or without the no-overlap
-    promise (FASTMLP_NOALIAS=0) train the same model."""
+    """Kernels on one thread (FASTMLP_PARALLEL=0), without the no-overlap
+    promise (FASTMLP_NOALIAS=0) or without wide vectors
+    (FASTMLP_WIDE_VECTORS=0) train the same model."""
     default, other = cold_runs["default"][1], cold_runs[switched_off][1]
     np.testing.assert_allclose(other["W1"], default["W1"], rtol=1e-12, atol=1e-15)
 
@@ -151,6 +156,37 @@ def test_noalias_reaches_numba():
 
     assert _jit.NOALIAS  # this Numba has the flag, so the kernels use it
     assert kernels._add_rows.targetoptions.get("noalias") is True
+
+
+def _axpy(out, x, a):
+    for i in range(out.size):
+        out[i] += a * x[i]
+
+
+def test_kernels_prefer_the_widest_vectors(monkeypatch):
+    """Every kernel carries the attribute that lets LLVM use 512-bit
+    vectors, and on a CPU with AVX-512 its loops do, also where a parallel
+    loop calls it."""
+    from fastmlp import _jit
+
+    assert _jit.WIDE_VECTORS  # this Numba takes the compiler, so the kernels use it
+    monkeypatch.setattr(_jit, "CACHE", False)  # a kernel from the cache has no code to read
+    axpy = _jit.kernel(_axpy)
+
+    def rows_axpy(out, x, a):
+        for r in numba.prange(out.shape[0]):
+            axpy(out[r], x[r], a)
+
+    kernels = axpy, _jit.kernel(rows_axpy, parallel=True)
+    for compiled, shape in zip(kernels, [(1000,), (4, 1000)], strict=True):
+        out = np.zeros(shape)
+        compiled(out, np.ones(shape), 2.0)
+        np.testing.assert_array_equal(out, 2.0)
+        assert _jit.PREFER_WIDE in "".join(compiled.inspect_llvm().values())
+    if "+avx512f" not in llvmlite.binding.get_host_cpu_features().flatten():
+        pytest.skip("this CPU has no 512-bit vectors")
+    for compiled in kernels:
+        assert re.search(r"v(add|fmadd\w*)pd\s.*zmm", "".join(compiled.inspect_asm().values()))
 
 
 @pytest.mark.parametrize(
