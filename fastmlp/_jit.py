@@ -102,8 +102,10 @@ def _wide_vectors_compiler():
     bits, and its models of AMD's CPUs already prefer 512.
     """
     try:
-        from numba.core import compiler, lowering, typed_passes
+        from numba.core.compiler import CompilerBase, DefaultPassBuilder
         from numba.core.compiler_machinery import register_pass
+        from numba.core.lowering import Lower
+        from numba.core.typed_passes import NativeLowering, NativeParforLowering
         from numba.parfors.parfor_lowering import ParforLower
     except ImportError:  # pragma: no cover - a Numba that moved its internals
         return None
@@ -119,23 +121,20 @@ def _wide_vectors_compiler():
         return Marking
 
     @register_pass(mutates_CFG=True, analysis_only=False)
-    class WideLowering(typed_passes.NativeLowering):
+    class WideLowering(NativeLowering):
         _name = "fastmlp_wide_lowering"
-        lowering_class = marking(lowering.Lower)
+        lowering_class = marking(Lower)
 
     @register_pass(mutates_CFG=True, analysis_only=False)
-    class WideParforLowering(typed_passes.NativeParforLowering):
+    class WideParforLowering(NativeParforLowering):
         _name = "fastmlp_wide_parfor_lowering"
         lowering_class = marking(ParforLower)
 
-    wide = {
-        typed_passes.NativeLowering: WideLowering,
-        typed_passes.NativeParforLowering: WideParforLowering,
-    }
+    wide = {NativeLowering: WideLowering, NativeParforLowering: WideParforLowering}
 
-    class WideVectorsCompiler(compiler.CompilerBase):
+    class WideVectorsCompiler(CompilerBase):
         def define_pipelines(self):
-            pipeline = compiler.DefaultPassBuilder.define_nopython_pipeline(self.state)
+            pipeline = DefaultPassBuilder.define_nopython_pipeline(self.state)
             pipeline.passes = [(wide.get(step, step), what) for step, what in pipeline.passes]
             pipeline.finalize()
             return [pipeline]
