@@ -3,8 +3,8 @@
     pytest benchmarks/bench_estimator.py --benchmark-only
 
 8,000 MNIST digits (the real test set's first 8,000), one hidden layer of 64
-logistic units, batches of 200 (scikit-learn's default; Adam also at 32
-and 64), 20 epochs; both classifiers start from the
+logistic units (Adam also with 32 and 100), batches of 200 (scikit-learn's
+default; Adam also at 32 and 64), 20 epochs; both classifiers start from the
 same weights and see the batches in the same order. And a wide sparse input
 as text gives: 5,000 documents of 100 words each out of 50,000, as a
 scipy.sparse CSR matrix, which neither library makes dense.
@@ -35,18 +35,19 @@ SETTINGS = {
 }
 
 
-def group_name(data: str, solver: str, epochs: int, batch_size: int = 200) -> str:
+def group_name(data: str, solver: str, epochs: int, batch_size: int = 200, hidden: int = 64) -> str:
     batches = "" if batch_size == 200 else f", batches of {batch_size}"
-    return f"estimator fit: {data}, {solver}{batches}, {epochs} epochs"
+    units = "" if hidden == 64 else f", {hidden} hidden units"
+    return f"estimator fit: {data}, {solver}{batches}{units}, {epochs} epochs"
 
 
-def time_fits(benchmark, library, solver, epochs, X, y, group, batch_size=200):
+def time_fits(benchmark, library, solver, epochs, X, y, group, batch_size=200, hidden=64):
     """Time three fits of one library at equal settings (one hidden layer of
-    64 logistic units, batches of ``batch_size``, ``epochs`` epochs with no
-    early stop), after an untimed fit of fastmlp on a few samples that
-    compiles its kernels; return the last model."""
+    ``hidden`` logistic units, batches of ``batch_size``, ``epochs`` epochs
+    with no early stop), after an untimed fit of fastmlp on a few samples
+    that compiles its kernels; return the last model."""
     params = dict(
-        hidden_layer_sizes=(64,),
+        hidden_layer_sizes=(hidden,),
         activation="logistic",
         batch_size=batch_size,
         max_iter=epochs,
@@ -63,7 +64,7 @@ def time_fits(benchmark, library, solver, epochs, X, y, group, batch_size=200):
             return estimator(**{**params, **changes}).fit(*data)
 
     fit(FastMLPClassifier, (X[:300], y[:300]), max_iter=1)  # compile, untimed
-    benchmark.group = group_name(group, solver, epochs, batch_size)
+    benchmark.group = group_name(group, solver, epochs, batch_size, hidden)
     benchmark.extra_info["threads"] = numba.get_num_threads()
     return benchmark.pedantic(fit, rounds=3, warmup_rounds=0)
 
@@ -94,6 +95,17 @@ def bench_estimator_fit_small_batches(benchmark, smoke, library, dtype, batch_si
     term, Adam's moments)."""
     X, y, epochs, data = digits(smoke, dtype)
     time_fits(benchmark, library, "adam", epochs, X, y, data, batch_size)
+
+
+@pytest.mark.parametrize("hidden", [32, 100])
+@pytest.mark.parametrize("library", ["fastmlp", "sklearn"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+def bench_estimator_fit_hidden_sizes(benchmark, smoke, library, dtype, hidden):
+    """Adam with hidden layers that are not a whole number of the kernels'
+    blocks of 64 units (:data:`fastmlp.kernels.HIDDEN_BLOCK`): scikit-learn's
+    default of 100, and 32, whose units the kernels add outside the blocks."""
+    X, y, epochs, data = digits(smoke, dtype)
+    time_fits(benchmark, library, "adam", epochs, X, y, data, hidden=hidden)
 
 
 @pytest.mark.parametrize("library", ["fastmlp", "sklearn", "numpy loop"])

@@ -416,7 +416,16 @@ processes, two threads).
 Each of the four writes its loops out, and they differ only in how a row's
 weight and number are found: with the block's step in a helper kernel (and
 a slice of ``out`` for the rest), Numba compiled it as a call that counts
-references to the arrays passed, and the sums went back to memory."""
+references to the arrays passed, and the sums went back to memory.
+
+The hidden units after the last whole block are added row by row by
+:func:`_add_scaled`, on slices that start at the first of them: a loop
+indexed from there (``range(h0, n_h)``), an index Numba cannot prove
+non-negative, compiled to scalar code, so that a hidden layer of 32, 96 or
+100 units (scikit-learn's default) summed 3x-6x slower than one of 64 or
+128 (a full batch's first layer of 2,000 digits in float32: 32 units 6.1 ms
+against 1.0 ms now, 100 units 8.2 against 2.9 ms; the same sums, bit for
+bit)."""
 
 
 @kernel(noalias=True)
@@ -434,11 +443,10 @@ def _add_selected_rows(out, x, M, columns):
                 out[h0 + h] += xk * m[h0 + h]
         h0 += HIDDEN_BLOCK
     if h0 < n_h:
+        rest = out[h0:]
         for p in range(columns.size):
             k = columns[p]
-            xk, m = x[k], M[k]
-            for h in range(h0, n_h):
-                out[h] += xk * m[h]
+            _add_scaled(rest, x[k], M[k, h0:])
 
 
 @kernel(noalias=True)
@@ -458,10 +466,9 @@ def _add_listed_rows(out, weights, M, rows):
                 out[h0 + h] += w * m[h0 + h]
         h0 += HIDDEN_BLOCK
     if h0 < n_h:
+        rest = out[h0:]
         for p in range(rows.size):
-            w, m = weights[p], M[rows[p]]
-            for h in range(h0, n_h):
-                out[h] += w * m[h]
+            _add_scaled(rest, weights[p], M[rows[p], h0:])
 
 
 @kernel(noalias=True)
@@ -483,12 +490,10 @@ def _add_marked_rows(out, weights, M, bits):
             left &= left - one
         h0 += HIDDEN_BLOCK
     if h0 < n_h:
-        left = bits
+        rest, left = out[h0:], bits
         while left:
             b = _trailing_zeros(left)
-            w, m = weights[b], M[b]
-            for h in range(h0, n_h):
-                out[h] += w * m[h]
+            _add_scaled(rest, weights[b], M[b, h0:])
             left &= left - one
 
 
@@ -510,12 +515,10 @@ def _add_marked_column(out, X, rows, k, bits, M):
             left &= left - one
         h0 += HIDDEN_BLOCK
     if h0 < n_h:
-        left = bits
+        rest, left = out[h0:], bits
         while left:
             b = _trailing_zeros(left)
-            w, m = X[rows[b], k], M[b]
-            for h in range(h0, n_h):
-                out[h] += w * m[h]
+            _add_scaled(rest, X[rows[b], k], M[b, h0:])
             left &= left - one
 
 
