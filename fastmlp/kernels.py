@@ -418,14 +418,14 @@ weight and number are found: with the block's step in a helper kernel (and
 a slice of ``out`` for the rest), Numba compiled it as a call that counts
 references to the arrays passed, and the sums went back to memory.
 
-The hidden units after the last whole block are added row by row by
-:func:`_add_scaled`, on slices that start at the first of them: a loop
-indexed from there (``range(h0, n_h)``), an index Numba cannot prove
-non-negative, compiled to scalar code, so that a hidden layer of 32, 96 or
-100 units (scikit-learn's default) summed 3x-6x slower than one of 64 or
-128 (a full batch's first layer of 2,000 digits in float32: 32 units 6.1 ms
-against 1.0 ms now, 100 units 8.2 against 2.9 ms; the same sums, bit for
-bit)."""
+The hidden units after the last whole block, whose sums go through memory
+in any case, are added row by row by :func:`_add_scaled`, on slices that
+start at the first of them. A loop indexed from there (``range(h0, n_h)``),
+an index Numba cannot prove non-negative, compiled to scalar code: a hidden
+layer of 32, 96 or 100 units (scikit-learn's default) summed 3x-6x slower
+than one of 64 or 128 (a full batch's first layer of 2,000 digits in
+float32: 32 units 6.1 ms against 1.0 ms now, 100 units 8.2 against 2.9 ms;
+the same sums, bit for bit)."""
 
 
 @kernel(noalias=True)
