@@ -143,6 +143,10 @@ def run_torch(workload: Workload, X, y) -> Result:
     import torch
 
     dtype = torch.float32 if X.dtype == np.float32 else torch.float64
+    # Timed from the data to the trained weights, initialisation included,
+    # as fastmlp.train and MLPClassifier.fit are (drawing the notebook's
+    # weights takes about 1.6 ms at 64 hidden units).
+    start = time.perf_counter()
     W1, b1, W2, b2 = (
         torch.tensor(p, dtype=dtype) for p in reference.init_params(X.shape[1], workload.hidden, 10)
     )
@@ -157,7 +161,6 @@ def run_torch(workload: Workload, X, y) -> Result:
         torch.nn.functional.cross_entropy(logits, yb).backward()
         optimizer.step()
 
-    start = time.perf_counter()
     if workload.batch_size is None:
         for _ in range(workload.steps):
             step(None)
