@@ -21,18 +21,13 @@ import numba
 import numpy as np
 import pytest
 import scipy.sparse
+from _support import equal_settings
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 from workloads import load_data
 
 import fastmlp
 from fastmlp import FastMLPClassifier
-
-SETTINGS = {
-    "adam": dict(solver="adam", learning_rate_init=1e-3),
-    "sgd": dict(solver="sgd", learning_rate_init=0.1, momentum=0.9),
-    "plain sgd": dict(solver="sgd", learning_rate_init=0.1, momentum=0.0),
-}
 
 
 def group_name(data: str, solver: str, epochs: int, batch_size: int = 200, hidden: int = 64) -> str:
@@ -46,16 +41,7 @@ def time_fits(benchmark, library, solver, epochs, X, y, group, batch_size=200, h
     ``hidden`` logistic units, batches of ``batch_size``, ``epochs`` epochs
     with no early stop), after an untimed fit of fastmlp on a few samples
     that compiles its kernels; return the last model."""
-    params = dict(
-        hidden_layer_sizes=(hidden,),
-        activation="logistic",
-        batch_size=batch_size,
-        max_iter=epochs,
-        random_state=0,
-        tol=0.0,
-        n_iter_no_change=epochs + 1,
-        **SETTINGS[solver],
-    )
+    params = equal_settings(solver, epochs, batch_size, hidden)
     cls = FastMLPClassifier if library == "fastmlp" else MLPClassifier
 
     def fit(estimator=cls, data=(X, y), **changes):

@@ -41,6 +41,34 @@ def assert_close(actual, expected, dtype=None, scale=None):
 DTYPES = [np.float64, np.float32]
 
 
+SOLVERS = {
+    "adam": dict(solver="adam", learning_rate_init=1e-3),
+    "sgd": dict(solver="sgd", learning_rate_init=0.1, momentum=0.9),
+    "plain sgd": dict(solver="sgd", learning_rate_init=0.1, momentum=0.0),
+}
+
+
+def equal_settings(
+    solver: str, epochs: int, batch_size: int = 200, hidden: int = 64, **changes
+) -> dict:
+    """Settings under which FastMLPClassifier and MLPClassifier train alike:
+    one hidden layer of logistic units, the same seed (so the same initial
+    weights and batch order), and ``epochs`` epochs with no early stop. The
+    estimator's accuracy tests and its benchmark (benchmarks/bench_estimator.py)
+    both use them."""
+    settings = dict(
+        hidden_layer_sizes=(hidden,),
+        activation="logistic",
+        batch_size=batch_size,
+        max_iter=epochs,
+        random_state=0,
+        tol=0.0,
+        n_iter_no_change=epochs + 1,
+        **SOLVERS[solver],
+    )
+    return {**settings, **changes}
+
+
 def mnist_dir() -> Path:
     """The shared MNIST test set, beside the project (or FASTMLP_MNIST_DIR)."""
     default = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"

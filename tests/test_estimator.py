@@ -13,6 +13,7 @@ import numba
 import numpy as np
 import pytest
 import scipy.sparse
+from _support import equal_settings
 from sklearn.base import clone
 from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
@@ -47,31 +48,11 @@ def digits():
     return train_test_split(X / 16.0, y, test_size=0.25, random_state=0)
 
 
-SETTINGS = {
-    "adam": dict(solver="adam", learning_rate_init=1e-3),
-    "sgd": dict(solver="sgd", learning_rate_init=0.1, momentum=0.9),
-}
-
-
-def settings(solver, **changes):
-    """Equal settings for both classifiers (no early stop on a flat loss)."""
-    base = dict(
-        hidden_layer_sizes=(64,),
-        activation="logistic",
-        batch_size=200,
-        max_iter=30,
-        random_state=0,
-        tol=0.0,
-        n_iter_no_change=1000,
-    )
-    return {**base, **SETTINGS[solver], **changes}
-
-
 @pytest.mark.parametrize("solver", ["adam", "sgd"])
 def test_same_as_scikit_learn_at_equal_settings_on_digits(digits, solver):
     X_train, X_test, y_train, y_test = digits
-    ours = FastMLPClassifier(**settings(solver)).fit(X_train, y_train)
-    theirs = MLPClassifier(**settings(solver)).fit(X_train, y_train)
+    ours = FastMLPClassifier(**equal_settings(solver, 30)).fit(X_train, y_train)
+    theirs = MLPClassifier(**equal_settings(solver, 30)).fit(X_train, y_train)
     # Same initial weights and batch order: the same training, up to rounding.
     np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-9)
     for a, b in zip(
@@ -93,7 +74,7 @@ def test_same_as_scikit_learn_at_equal_settings_on_digits(digits, solver):
 def test_sample_weights_train_as_in_scikit_learn(digits, solver, early_stopping):
     X_train, _, y_train, _ = digits
     weights = np.random.default_rng(0).uniform(0, 3, len(y_train))
-    kwargs = settings(solver, max_iter=8, alpha=1e-2, early_stopping=early_stopping)
+    kwargs = equal_settings(solver, 8, alpha=1e-2, early_stopping=early_stopping)
     ours = FastMLPClassifier(**kwargs).fit(X_train, y_train, sample_weight=weights)
     theirs = MLPClassifier(**kwargs).fit(X_train, y_train, sample_weight=weights)
     np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-9)
@@ -110,15 +91,17 @@ def test_sample_weights_train_as_in_scikit_learn(digits, solver, early_stopping)
         assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-9)
 
 
-def test_same_accuracy_as_scikit_learn_on_real_mnist(mnist):
-    """Train on 8,000 real MNIST digits, test on the other 2,000."""
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+def test_same_accuracy_as_scikit_learn_on_real_mnist(mnist, solver):
+    """Train on 8,000 real MNIST digits, test on the other 2,000, at the
+    settings benchmarks/bench_estimator.py times."""
     X_train, y_train, X_test, y_test = (
         mnist.X[:8000],
         mnist.y[:8000],
         mnist.X[8000:],
         mnist.y[8000:],
     )
-    kwargs = settings("adam", max_iter=15)
+    kwargs = equal_settings(solver, 20)
     ours = FastMLPClassifier(**kwargs).fit(X_train, y_train).score(X_test, y_test)
     theirs = MLPClassifier(**kwargs).fit(X_train, y_train).score(X_test, y_test)
     assert ours > 0.9
@@ -166,7 +149,7 @@ def test_fitted_attributes_match_scikit_learns(digits):
 
 def test_early_stopping_keeps_the_best_weights(digits):
     X_train, _, y_train, _ = digits
-    kwargs = settings("adam", early_stopping=True, n_iter_no_change=3, max_iter=200)
+    kwargs = equal_settings("adam", 200, early_stopping=True, n_iter_no_change=3)
     ours = FastMLPClassifier(**kwargs).fit(X_train, y_train)
     theirs = MLPClassifier(**kwargs).fit(X_train, y_train)
     assert ours.best_loss_ is None
@@ -258,7 +241,7 @@ def test_wide_sparse_input_is_never_made_dense():
         (np.ones(m * per_row, np.float32), columns.ravel(), np.arange(0, m * per_row + 1, per_row)),
         shape=(m, n_x),
     )
-    kwargs = settings("adam", learning_rate_init=1e-2, max_iter=4)
+    kwargs = equal_settings("adam", 4, learning_rate_init=1e-2)
     FastMLPClassifier(**kwargs).fit(X[:200], y[:200])  # compiles outside the measurement
     tracemalloc.start()
     try:
@@ -277,7 +260,7 @@ def test_wide_sparse_input_is_never_made_dense():
 
 def test_partial_fit_continues_one_epoch_at_a_time(digits):
     X_train, X_test, y_train, y_test = digits
-    kwargs = settings("sgd", shuffle=False)
+    kwargs = equal_settings("sgd", 30, shuffle=False)
     incremental = FastMLPClassifier(**kwargs)
     with pytest.raises(ValueError, match="classes must be passed"):
         incremental.partial_fit(X_train, y_train)
