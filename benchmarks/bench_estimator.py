@@ -37,10 +37,9 @@ def group_name(data: str, solver: str, epochs: int, batch_size: int = 200, hidde
 
 
 def time_fits(benchmark, library, solver, epochs, X, y, group, batch_size=200, hidden=64):
-    """Time three fits of one library at equal settings (one hidden layer of
-    ``hidden`` logistic units, batches of ``batch_size``, ``epochs`` epochs
-    with no early stop), after an untimed fit of fastmlp on a few samples
-    that compiles its kernels; return the last model."""
+    """Time three fits of one library at the tests' ``equal_settings``, after
+    an untimed fit of fastmlp on a few samples that compiles its kernels;
+    return the last model."""
     params = equal_settings(solver, epochs, batch_size, hidden)
     cls = FastMLPClassifier if library == "fastmlp" else MLPClassifier
 
