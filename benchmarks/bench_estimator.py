@@ -24,7 +24,7 @@ import scipy.sparse
 from _support import equal_settings
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
-from workloads import load_data
+from workloads import load_data, rest
 
 import fastmlp
 from fastmlp import FastMLPClassifier
@@ -38,8 +38,8 @@ def group_name(data: str, solver: str, epochs: int, batch_size: int = 200, hidde
 
 def time_fits(benchmark, library, solver, epochs, X, y, group, batch_size=200, hidden=64):
     """Time three fits of one library at the tests' ``equal_settings``, after
-    an untimed fit of fastmlp on a few samples that compiles its kernels;
-    return the last model."""
+    an untimed fit of fastmlp on a few samples that compiles its kernels,
+    each after a rest (``workloads.IDLE``); return the last model."""
     params = equal_settings(solver, epochs, batch_size, hidden)
     cls = FastMLPClassifier if library == "fastmlp" else MLPClassifier
 
@@ -51,7 +51,9 @@ def time_fits(benchmark, library, solver, epochs, X, y, group, batch_size=200, h
     fit(FastMLPClassifier, (X[:300], y[:300]), max_iter=1)  # compile, untimed
     benchmark.group = group_name(group, solver, epochs, batch_size, hidden)
     benchmark.extra_info["threads"] = numba.get_num_threads()
-    return benchmark.pedantic(fit, rounds=3, warmup_rounds=0)
+    return benchmark.pedantic(
+        fit, setup=None if benchmark.disabled else rest, rounds=3, warmup_rounds=0
+    )
 
 
 def digits(smoke: bool, dtype):
@@ -106,7 +108,11 @@ def bench_plain_sgd_fit(benchmark, smoke, library, dtype):
         benchmark.group = group_name(data, "plain sgd", epochs)
         settings = dict(iterations=epochs, batch_size=200, alpha=0.1, log_every=None)
         model = benchmark.pedantic(
-            fastmlp.train, args=(X, y), kwargs=dict(backend="numpy", **settings), rounds=3
+            fastmlp.train,
+            args=(X, y),
+            kwargs=dict(backend="numpy", **settings),
+            setup=None if smoke else rest,
+            rounds=3,
         )
     benchmark.extra_info["training accuracy"] = float(model.score(X, y))
 

@@ -4,12 +4,13 @@
 
 Each implementation trains from the same initial weights on the same data;
 the first round is a warm-up (it compiles, or loads, the fast path's
-kernels) and is not timed. PyTorch joins where it is installed.
+kernels) and is not timed, and every round starts after a rest
+(``workloads.IDLE``), as in the report. PyTorch joins where it is installed.
 """
 
 import numba
 import pytest
-from workloads import IMPLEMENTATIONS, WORKLOADS, available, load_data, run, warm_up
+from workloads import IMPLEMENTATIONS, WORKLOADS, available, load_data, rest, run, warm_up
 
 
 @pytest.mark.parametrize("name", ["W1", "W2", pytest.param("W3", marks=pytest.mark.slow)])
@@ -31,7 +32,11 @@ def bench_workload(benchmark, smoke, name, implementation, dtype):
     benchmark.group = workload.describe()
     benchmark.extra_info["threads"] = numba.get_num_threads()
     result = benchmark.pedantic(
-        run, args=(implementation, workload, X, y), rounds=3, warmup_rounds=1
+        run,
+        args=(implementation, workload, X, y),
+        setup=None if smoke else rest,
+        rounds=3,
+        warmup_rounds=1,
     )
     benchmark.extra_info["accuracy"] = result.accuracy
     assert 0 <= result.accuracy <= 1

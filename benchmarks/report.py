@@ -43,7 +43,16 @@ from numba.extending import intrinsic
 
 sys.path.insert(0, str(Path(__file__).parent))
 import startup  # noqa: E402
-from workloads import IMPLEMENTATIONS, WORKLOADS, available, flops, load_data, run, warm_up  # noqa: E402
+from workloads import (  # noqa: E402
+    IMPLEMENTATIONS,
+    WORKLOADS,
+    available,
+    flops,
+    load_data,
+    rest,
+    run,
+    warm_up,
+)
 
 import fastmlp  # noqa: E402
 from fastmlp.engine import aligned_zeros  # noqa: E402
@@ -183,13 +192,6 @@ def core_to_core_ns(rounds: int = 200_000) -> float | None:
     return elapsed / rounds / 2 * 1e9 if served and all(answered) else None
 
 
-IDLE = 0.5
-"""Seconds of rest before each timed run. A library's worker threads keep
-spinning for a while after its last call (OpenBLAS's for about 0.2 s) and take
-cores from whatever runs next: W2 in fastmlp took 45 ms right after the NumPy
-reference and 23 ms after a rest of 0.2 s."""
-
-
 def time_workloads(rounds: int, names) -> list[dict]:
     rows = []
     for name in names:
@@ -209,7 +211,7 @@ def time_workloads(rounds: int, names) -> list[dict]:
         for _ in range(rounds):
             for implementation, dtype in present:
                 X, y, _ = data[dtype]
-                time.sleep(IDLE)
+                rest()
                 latencies[implementation, dtype].append(core_to_core_ns(rounds=20_000))
                 results[implementation, dtype].append(run(implementation, workload, X, y))
         for implementation, dtype in IMPLEMENTATIONS:
@@ -272,7 +274,7 @@ def thread_scaling(names=("W1", "W2"), scale: float = 1.0, rounds=THREAD_ROUNDS)
                 for _ in range(rounds[name]):
                     for threads in counts:
                         numba.set_num_threads(threads)
-                        time.sleep(IDLE)
+                        rest()
                         latency.append(core_to_core_ns(rounds=20_000))
                         trained = run("numba", workload, X, y)
                         times[threads].append(trained.seconds)

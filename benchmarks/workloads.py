@@ -37,6 +37,21 @@ MNIST = Path(
 )
 
 
+IDLE = 0.5
+"""Seconds of rest before each timed run. A library's worker threads keep
+spinning for a while after its last call (OpenBLAS's for about 0.2 s) and take
+cores from whatever runs next: W2 in fastmlp took 45 ms right after the NumPy
+reference and 23 ms after a rest of 0.2 s; on 2026-12-06, 25.5 ms right
+after NumPy's matrix products against 13.9 ms after a rest (medians of 8),
+and FastMLPClassifier's fit 346 ms right after one of MLPClassifier against
+298 ms after a rest (medians of 6)."""
+
+
+def rest() -> None:
+    """Wait :data:`IDLE` seconds before a timed run."""
+    time.sleep(IDLE)
+
+
 IMPLEMENTATIONS = [
     ("numpy", np.float64),
     ("numba", np.float64),
