@@ -118,24 +118,33 @@ def main() -> None:
     print(f"compiling the kernels for {args.workload} in {args.dtype} ...", flush=True)
     run("numba", workload.scaled(0.01), X, y)
     dispatchers = [f for f in vars(kernels).values() if isinstance(f, CPUDispatcher)]
-    write_map(code_symbols(dispatchers), Path(f"/tmp/perf-{os.getpid()}.map"))
-    with tempfile.TemporaryDirectory() as tmp:
-        data = str(Path(tmp) / "perf.data")
-        record = subprocess.Popen(
-            [perf, "record", "-q", "-F", "4000", "-e", "cpu-clock", "-p", str(os.getpid()),
-             "-o", data, "--", "sleep", str(args.seconds)],
-        )  # fmt: skip
-        time.sleep(0.5)  # perf attaches
-        runs = 0
-        while record.poll() is None:
-            run("numba", workload, X, y)
-            runs += 1
-        report = subprocess.run(
-            [perf, "report", "-i", data, "--no-children", "--sort", "dso,symbol", "--stdio"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+    perf_map = Path(f"/tmp/perf-{os.getpid()}.map")
+    write_map(code_symbols(dispatchers), perf_map)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            data = str(Path(tmp) / "perf.data")
+            record = subprocess.Popen(
+                [perf, "record", "-q", "-F", "4000", "-e", "cpu-clock", "-p", str(os.getpid()),
+                 "-o", data, "--", "sleep", str(args.seconds)],
+            )  # fmt: skip
+            time.sleep(0.5)  # perf attaches
+            runs = 0
+            while record.poll() is None:
+                run("numba", workload, X, y)
+                runs += 1
+            if record.returncode != 0:
+                sys.exit(
+                    "perf record failed (see its message above; sampling another process "
+                    "may need a lower /proc/sys/kernel/perf_event_paranoid)"
+                )
+            report = subprocess.run(
+                [perf, "report", "-i", data, "--no-children", "--sort", "dso,symbol", "--stdio"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+    finally:
+        perf_map.unlink()  # perf reads it only while reporting
     print(
         f"{args.workload} in {args.dtype} on {numba.get_num_threads()} threads, "
         f"{runs} runs sampled for {args.seconds:g} s; share of all samples:"
