@@ -1,6 +1,6 @@
 """Two versions of fastmlp side by side: is a change faster, and by how much?
 
-    python benchmarks/compare.py BASE [--pairs 6] [--workloads W1,W2] [--dtypes float64,float32]
+    python benchmarks/compare.py BASE [--pairs 6] [--workloads W1,W2,fit] [--dtypes float64,float32]
 
 ``BASE`` is a git revision (a commit, a branch, ``HEAD``). It is checked out
 in a temporary worktree and compared with the working tree, as
@@ -10,6 +10,10 @@ code in one process run at different speeds, and a shared machine's speed
 drifts over minutes), and which goes first alternates from pair to pair. Each process
 times every workload once on the fast path, after an untimed warm-up. A
 first pair that only fills the two caches is not counted.
+
+Besides W1 to W3, ``fit`` times FastMLPClassifier's fit at the settings of
+``bench_estimator.py``'s first benchmark: Adam, 8,000 MNIST digits, hidden
+64, batches of 200, 20 epochs, after a rest (``workloads.IDLE``).
 
 Prints, for each workload and dtype, each version's median time and the
 median over pairs of base time / new time: above 1 means the working tree is
@@ -32,12 +36,24 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 CHILD = """
-import json, sys
+import json, sys, time, warnings
 sys.path.insert(0, {benchmarks!r})
+sys.path.insert(1, {tests!r})
 import numpy as np
 import fastmlp
+from _support import equal_settings
 from report import core_to_core_ns
-from workloads import WORKLOADS, load_data, run, warm_up
+from workloads import WORKLOADS, load_data, rest, run, warm_up
+
+def fit_seconds(dtype, epochs=20):
+    X, y, _ = load_data(8000, dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no convergence at a fixed number of epochs
+        fastmlp.FastMLPClassifier(**equal_settings("adam", 1)).fit(X[:300], y[:300])
+        rest()
+        start = time.perf_counter()
+        fastmlp.FastMLPClassifier(**equal_settings("adam", epochs)).fit(X, y)
+        return time.perf_counter() - start
 
 if not fastmlp.__file__.startswith({root!r}):
     sys.exit(f"imported {{fastmlp.__file__}}, not the version under {root}")
@@ -45,6 +61,10 @@ times, latency = {{}}, []
 for dtype in {dtypes!r}:
     warm_up(np.dtype(dtype))
     for name in {workloads!r}:
+        if name == "fit":
+            latency.append(core_to_core_ns(rounds=20_000))
+            times[f"fit {{dtype}}"] = fit_seconds(dtype, max(1, round(20 * {scale!r})))
+            continue
         workload = WORKLOADS[name].scaled({scale!r})
         X, y, _ = load_data(workload.n_examples, dtype)
         latency.append(core_to_core_ns(rounds=20_000))
@@ -61,6 +81,7 @@ def measure(root, cache_dir, workloads, dtypes, scale: float = 1.0) -> dict:
     root = str(Path(root).resolve())
     code = CHILD.format(
         benchmarks=str(HERE),
+        tests=str(Path(root) / "tests"),
         root=root,
         dtypes=list(dtypes),
         workloads=list(workloads),
