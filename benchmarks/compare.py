@@ -13,7 +13,8 @@ first pair that only fills the two caches is not counted.
 
 Besides W1 to W3, ``fit`` times FastMLPClassifier's fit at the settings of
 ``bench_estimator.py``'s first benchmark: Adam, 8,000 MNIST digits, hidden
-64, batches of 200, 20 epochs, after a rest (``workloads.IDLE``).
+64, batches of 200, 20 epochs, after a rest (``workloads.IDLE``); ``fit:32``
+the same at batches of 32.
 
 Prints, for each workload and dtype, each version's median time and the
 median over pairs of base time / new time: above 1 means the working tree is
@@ -45,14 +46,14 @@ from _support import equal_settings
 from report import core_to_core_ns
 from workloads import WORKLOADS, load_data, rest, run, warm_up
 
-def fit_seconds(dtype, epochs=20):
+def fit_seconds(dtype, epochs, batch_size):
     X, y, _ = load_data(8000, dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # no convergence at a fixed number of epochs
         fastmlp.FastMLPClassifier(**equal_settings("adam", 1)).fit(X[:300], y[:300])
         rest()
         start = time.perf_counter()
-        fastmlp.FastMLPClassifier(**equal_settings("adam", epochs)).fit(X, y)
+        fastmlp.FastMLPClassifier(**equal_settings("adam", epochs, batch_size)).fit(X, y)
         return time.perf_counter() - start
 
 if not fastmlp.__file__.startswith({root!r}):
@@ -61,9 +62,12 @@ times, latency = {{}}, []
 for dtype in {dtypes!r}:
     warm_up(np.dtype(dtype))
     for name in {workloads!r}:
-        if name == "fit":
+        if name.startswith("fit"):
+            batch_size = int(name.partition(":")[2] or 200)
             latency.append(core_to_core_ns(rounds=20_000))
-            times[f"fit {{dtype}}"] = fit_seconds(dtype, max(1, round(20 * {scale!r})))
+            times[f"{{name}} {{dtype}}"] = fit_seconds(
+                dtype, max(1, round(20 * {scale!r})), batch_size
+            )
             continue
         workload = WORKLOADS[name].scaled({scale!r})
         X, y, _ = load_data(workload.n_examples, dtype)

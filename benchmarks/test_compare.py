@@ -26,8 +26,8 @@ def test_a_revision_is_checked_out_beside_the_working_tree_and_removed():
 
 def test_a_process_times_the_version_it_is_given(tmp_path):
     cache = os.environ.get("NUMBA_CACHE_DIR", tmp_path)  # warm in CI: the tests ran first
-    result = compare.measure(compare.ROOT, cache, ["W2", "fit"], ["float32"], scale=0.03)
-    assert set(result["times"]) == {"W2 float32", "fit float32"}
+    result = compare.measure(compare.ROOT, cache, ["W2", "fit:32"], ["float32"], scale=0.03)
+    assert set(result["times"]) == {"W2 float32", "fit:32 float32"}
     assert all(seconds > 0 for seconds in result["times"].values())
     assert len(result["core_to_core_ns"]) == 2  # measured before each run
 
