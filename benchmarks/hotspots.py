@@ -95,6 +95,12 @@ def write_map(symbols: dict[int, str], path: Path) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", default="W1", help="W1, W2 or W3")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args()  # before the imports below, which take seconds
     perf = shutil.which("perf")
     if perf is None:
         sys.exit("perf is not installed (on Debian and Ubuntu: apt install linux-perf)")
@@ -107,12 +113,8 @@ def main() -> None:
 
     from fastmlp import kernels
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", default="W1", choices=sorted(WORKLOADS))
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    parser.add_argument("--seconds", type=float, default=6.0)
-    parser.add_argument("--top", type=int, default=25)
-    args = parser.parse_args()
+    if args.workload not in WORKLOADS:
+        parser.error(f"--workload: choose from {', '.join(sorted(WORKLOADS))}")
     workload = WORKLOADS[args.workload]
     X, y, _ = load_data(workload.n_examples, np.dtype(args.dtype).type)
     print(f"compiling the kernels for {args.workload} in {args.dtype} ...", flush=True)

@@ -43,3 +43,13 @@ def test_without_perf_it_says_how_to_get_it(monkeypatch):
     with pytest.raises(SystemExit, match="perf is not installed"):
         main()
     assert "FASTMLP_CACHE" not in os.environ  # later processes still cache
+
+
+def test_an_unknown_workload_is_refused_before_anything_runs(monkeypatch, capsys):
+    monkeypatch.setattr("hotspots.shutil.which", lambda name: "/usr/bin/perf")
+    monkeypatch.setattr("sys.argv", ["hotspots.py", "--workload", "W9"])
+    monkeypatch.setenv("FASTMLP_CACHE", "1")  # main sets it to 0; restored afterwards
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2
+    assert "choose from W1, W2, W3" in capsys.readouterr().err
