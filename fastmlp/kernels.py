@@ -1017,9 +1017,10 @@ def _backprop_rows(y, weights, rows, inv_total, W2, activation, A1, A2, sums):
 @kernel
 def _finite(loss, grads):
     # inf * 0 and nan * 0 are nan, finite * 0 is 0: one pass, no branches.
+    flat = grads.reshape(grads.size)
     total = loss * 0.0
-    for i in range(grads.size):
-        total += grads[i] * 0
+    for i in range(flat.size):
+        total += flat[i] * 0
     return total == 0
 
 
@@ -1257,15 +1258,10 @@ def backward(
                 for k in range(k0, k1):
                     _add_scaled(dW1[k], x[k], dz1)
         if l2 > 0:
-            block_squares = 0.0
             for k in range(k0, k1):
                 _add_scaled(dW1[k], penalty, W1[k])
-                block_squares += _sum_of_squares(W1[k])
-            partial_loss[block] = block_squares
-        ok = True
-        for k in range(k0, k1):
-            ok &= _finite(0.0, dW1[k])
-        finite[block] = ok
+            partial_loss[block] = _sum_of_squares(W1[k0:k1])
+        finite[block] = _finite(0.0, dW1[k0:k1])
         _restore_subnormals(saved)
     if l2 > 0 and total != 0:
         squares = 0.0
