@@ -24,7 +24,7 @@ import scipy.sparse
 from _support import equal_settings
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
-from workloads import load_data, rest
+from workloads import ESTIMATOR_EXAMPLES, load_data, rest
 
 import fastmlp
 from fastmlp import FastMLPClassifier
@@ -58,7 +58,7 @@ def time_fits(benchmark, library, solver, epochs, X, y, group, batch_size=200, h
 
 def digits(smoke: bool, dtype):
     """The MNIST digits, epochs and data's name of the benchmarks on digits."""
-    n = 1000 if smoke else 8000
+    n = 1000 if smoke else ESTIMATOR_EXAMPLES
     X, y, _ = load_data(n, dtype)
     return X, y, 2 if smoke else 20, f"{n:,} MNIST digits"
 

@@ -37,24 +37,16 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 CHILD = """
-import json, sys, time, warnings
+import json, sys, time
 sys.path.insert(0, {benchmarks!r})
 sys.path.insert(1, {tests!r})
 import numpy as np
 import fastmlp
-from _support import equal_settings
 from report import core_to_core_ns
-from workloads import WORKLOADS, load_data, rest, run, warm_up
-
-def fit_seconds(dtype, epochs, batch_size):
-    X, y, _ = load_data(8000, dtype)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # no convergence at a fixed number of epochs
-        fastmlp.FastMLPClassifier(**equal_settings("adam", 1)).fit(X[:300], y[:300])
-        rest()
-        start = time.perf_counter()
-        fastmlp.FastMLPClassifier(**equal_settings("adam", epochs, batch_size)).fit(X, y)
-        return time.perf_counter() - start
+from workloads import (
+    ESTIMATOR_EXAMPLES, WORKLOADS, estimator_batch_size, fit_estimator, load_data, rest, run,
+    warm_up,
+)
 
 if not fastmlp.__file__.startswith({root!r}):
     sys.exit(f"imported {{fastmlp.__file__}}, not the version under {root}")
@@ -62,12 +54,15 @@ times, latency = {{}}, []
 for dtype in {dtypes!r}:
     warm_up(np.dtype(dtype))
     for name in {workloads!r}:
-        if name.startswith("fit"):
-            batch_size = int(name.partition(":")[2] or 200)
+        batch_size = estimator_batch_size(name)
+        if batch_size is not None:
+            X, y, _ = load_data(ESTIMATOR_EXAMPLES, dtype)
+            fit_estimator(X[:300], y[:300], epochs=1)
             latency.append(core_to_core_ns(rounds=20_000))
-            times[f"{{name}} {{dtype}}"] = fit_seconds(
-                dtype, max(1, round(20 * {scale!r})), batch_size
-            )
+            rest()
+            start = time.perf_counter()
+            fit_estimator(X, y, max(1, round(20 * {scale!r})), batch_size)
+            times[f"{{name}} {{dtype}}"] = time.perf_counter() - start
             continue
         workload = WORKLOADS[name].scaled({scale!r})
         X, y, _ = load_data(workload.n_examples, dtype)

@@ -2,6 +2,10 @@
 
     python benchmarks/hotspots.py [--workload W1] [--dtype float32] [--seconds 6] [--top 25]
 
+``--workload`` is W1, W2 or W3, or ``fit`` for FastMLPClassifier's Adam fit
+at the settings of ``bench_estimator.py`` (``fit:32`` at batches of 32), as
+in ``compare.py``.
+
 Linux's ``perf`` samples where every thread of a process is (its software
 ``cpu-clock`` event works inside virtual machines, which expose no hardware
 counters), but it cannot name code that Numba compiled at run time. This
@@ -96,7 +100,7 @@ def write_map(symbols: dict[int, str], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", default="W1", help="W1, W2 or W3")
+    parser.add_argument("--workload", default="W1", help="W1, W2, W3, fit or fit:BATCH")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--top", type=int, default=25)
@@ -107,18 +111,42 @@ def main() -> None:
     # Before fastmlp is imported (by workloads), so that this process, and
     # only this one, compiles the kernels instead of loading them.
     os.environ["FASTMLP_CACHE"] = "0"
+    sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))  # for fit
     import numba
     import numpy as np
-    from workloads import WORKLOADS, load_data, run
+    from workloads import (
+        ESTIMATOR_EXAMPLES,
+        WORKLOADS,
+        estimator_batch_size,
+        fit_estimator,
+        load_data,
+        run,
+    )
 
     from fastmlp import kernels
 
-    if args.workload not in WORKLOADS:
-        parser.error(f"--workload: choose from {', '.join(sorted(WORKLOADS))}")
-    workload = WORKLOADS[args.workload]
-    X, y, _ = load_data(workload.n_examples, np.dtype(args.dtype).type)
+    dtype = np.dtype(args.dtype).type
+    batch_size = estimator_batch_size(args.workload)
+    if batch_size is not None:
+        X, y, _ = load_data(ESTIMATOR_EXAMPLES, dtype)
+
+        def train(small=False):
+            if small:
+                fit_estimator(X[:300], y[:300], epochs=1)
+            else:
+                fit_estimator(X, y, epochs=20, batch_size=batch_size)
+
+    elif args.workload in WORKLOADS:
+        workload = WORKLOADS[args.workload]
+        X, y, _ = load_data(workload.n_examples, dtype)
+
+        def train(small=False):
+            run("numba", workload.scaled(0.01) if small else workload, X, y)
+
+    else:
+        parser.error(f"--workload: choose from {', '.join(sorted(WORKLOADS))}, fit or fit:BATCH")
     print(f"compiling the kernels for {args.workload} in {args.dtype} ...", flush=True)
-    run("numba", workload.scaled(0.01), X, y)
+    train(small=True)
     dispatchers = [f for f in vars(kernels).values() if isinstance(f, CPUDispatcher)]
     perf_map = Path(f"/tmp/perf-{os.getpid()}.map")
     write_map(code_symbols(dispatchers), perf_map)
@@ -132,7 +160,7 @@ def main() -> None:
             time.sleep(0.5)  # perf attaches
             runs = 0
             while record.poll() is None:
-                run("numba", workload, X, y)
+                train()
                 runs += 1
             if record.returncode != 0:
                 sys.exit(

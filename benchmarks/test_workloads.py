@@ -2,7 +2,7 @@
 
 import time
 
-from workloads import WORKLOADS, available, load_data, run
+from workloads import WORKLOADS, available, estimator_batch_size, load_data, run
 
 from fastmlp import reference
 
@@ -24,3 +24,10 @@ def test_every_implementation_times_drawing_its_initial_weights(monkeypatch):
     timed = [i for i in ("numpy", "numba", "torch") if available(i)]
     for implementation in timed:
         assert run(implementation, workload, X, y).seconds >= pause, implementation
+
+
+def test_estimator_cases_are_named_by_batch_size():
+    assert estimator_batch_size("fit") == 200
+    assert estimator_batch_size("fit:32") == 32
+    assert estimator_batch_size("W1") is None
+    assert estimator_batch_size("fitness") is None

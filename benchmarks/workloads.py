@@ -231,6 +231,28 @@ def run(implementation: str, workload: Workload, X, y) -> Result:
     raise ValueError(implementation)
 
 
+ESTIMATOR_EXAMPLES = 8000
+"""The MNIST digits FastMLPClassifier fits in ``bench_estimator.py``."""
+
+
+def fit_estimator(X, y, epochs: int = 20, batch_size: int = 200):
+    """FastMLPClassifier's Adam fit at the settings of ``bench_estimator.py``
+    (``equal_settings`` of the tests' ``_support``, whose folder must be on
+    ``sys.path``); returns the fitted classifier."""
+    from _support import equal_settings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no convergence at a fixed number of epochs
+        return fastmlp.FastMLPClassifier(**equal_settings("adam", epochs, batch_size)).fit(X, y)
+
+
+def estimator_batch_size(name: str) -> int | None:
+    """The batch size of an estimator case named ``fit`` (200) or ``fit:B``
+    (``B``); None for any other name."""
+    head, _, size = name.partition(":")
+    return (int(size) if size else 200) if head == "fit" else None
+
+
 def warm_up(dtype) -> None:
     """Compile (or load from the cache) every fast-path kernel for ``dtype``."""
     X, y, _ = load_data(300, dtype)
