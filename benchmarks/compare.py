@@ -154,9 +154,13 @@ def main() -> None:
     parser.add_argument("--workloads", default="W1,W2")
     parser.add_argument("--dtypes", default="float64,float32")
     args = parser.parse_args()
-    rows, latency = compare(
-        args.base, args.pairs, args.workloads.split(","), args.dtypes.split(",")
-    )
+    from workloads import WORKLOADS, estimator_batch_size
+
+    names = args.workloads.split(",")
+    unknown = [n for n in names if n not in WORKLOADS and estimator_batch_size(n) is None]
+    if unknown:  # before any process starts
+        parser.error(f"--workloads: {', '.join(unknown)}? (W1, W2, W3, fit, fit:BATCH)")
+    rows, latency = compare(args.base, args.pairs, names, args.dtypes.split(","))
     print(f"{args.base} against the working tree, {args.pairs} pairs of processes:")
     for row in rows:
         print(

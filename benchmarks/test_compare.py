@@ -36,3 +36,12 @@ def test_a_process_refuses_a_version_it_cannot_import(tmp_path):
     (tmp_path / "fastmlp").mkdir()  # no __init__.py: Python finds the installed one
     with pytest.raises(Exception, match="returned non-zero exit status"):
         compare.measure(tmp_path, tmp_path / "cache", ["W2"], ["float32"], scale=0.03)
+
+
+def test_an_unknown_workload_is_refused_before_any_process_starts(monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["compare.py", "HEAD", "--workloads", "W1,fit:abc"])
+    monkeypatch.setattr(compare, "compare", lambda *args: pytest.fail("it ran"))
+    with pytest.raises(SystemExit) as exit_:
+        compare.main()
+    assert exit_.value.code == 2
+    assert "fit:abc?" in capsys.readouterr().err

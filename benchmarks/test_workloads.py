@@ -31,3 +31,5 @@ def test_estimator_cases_are_named_by_batch_size():
     assert estimator_batch_size("fit:32") == 32
     assert estimator_batch_size("W1") is None
     assert estimator_batch_size("fitness") is None
+    assert estimator_batch_size("fit:") is None and estimator_batch_size("fit:0") is None
+    assert estimator_batch_size("fit:abc") is None

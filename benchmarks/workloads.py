@@ -248,9 +248,11 @@ def fit_estimator(X, y, epochs: int = 20, batch_size: int = 200):
 
 def estimator_batch_size(name: str) -> int | None:
     """The batch size of an estimator case named ``fit`` (200) or ``fit:B``
-    (``B``); None for any other name."""
-    head, _, size = name.partition(":")
-    return (int(size) if size else 200) if head == "fit" else None
+    (``B``, a positive integer); None for any other name."""
+    head, colon, size = name.partition(":")
+    if head != "fit" or (colon and not (size.isdigit() and int(size) > 0)):
+        return None
+    return int(size) if colon else 200
 
 
 def warm_up(dtype) -> None:
