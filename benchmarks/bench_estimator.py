@@ -15,16 +15,12 @@ of the estimator's issue assumes scikit-learn is about 3x slower than such a
 bare NumPy loop, and this shows by how much it is on the machine at hand.
 """
 
-import warnings
-
 import numba
 import numpy as np
 import pytest
 import scipy.sparse
-from _support import equal_settings
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
-from workloads import ESTIMATOR_EXAMPLES, load_data, rest
+from workloads import ESTIMATOR_EXAMPLES, fit_estimator, load_data, rest
 
 import fastmlp
 from fastmlp import FastMLPClassifier
@@ -40,19 +36,16 @@ def time_fits(benchmark, library, solver, epochs, X, y, group, batch_size=200, h
     """Time three fits of one library at the tests' ``equal_settings``, after
     an untimed fit of fastmlp on a few samples that compiles its kernels,
     each after a rest (``workloads.IDLE``); return the last model."""
-    params = equal_settings(solver, epochs, batch_size, hidden)
-    cls = FastMLPClassifier if library == "fastmlp" else MLPClassifier
-
-    def fit(estimator=cls, data=(X, y), **changes):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            return estimator(**{**params, **changes}).fit(*data)
-
-    fit(FastMLPClassifier, (X[:300], y[:300]), max_iter=1)  # compile, untimed
+    fit_estimator(X[:300], y[:300], epochs=1)  # compile, untimed
     benchmark.group = group_name(group, solver, epochs, batch_size, hidden)
     benchmark.extra_info["threads"] = numba.get_num_threads()
     return benchmark.pedantic(
-        fit, setup=None if benchmark.disabled else rest, rounds=3, warmup_rounds=0
+        fit_estimator,
+        args=(X, y, epochs, batch_size, solver, hidden),
+        kwargs=dict(estimator=FastMLPClassifier if library == "fastmlp" else MLPClassifier),
+        setup=None if benchmark.disabled else rest,
+        rounds=3,
+        warmup_rounds=0,
     )
 
 

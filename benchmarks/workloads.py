@@ -235,15 +235,22 @@ ESTIMATOR_EXAMPLES = 8000
 """The MNIST digits FastMLPClassifier fits in ``bench_estimator.py``."""
 
 
-def fit_estimator(X, y, epochs: int = 20, batch_size: int = 200):
-    """FastMLPClassifier's Adam fit at the settings of ``bench_estimator.py``
-    (``equal_settings`` of the tests' ``_support``, whose folder must be on
-    ``sys.path``); returns the fitted classifier."""
+def fit_estimator(
+    X, y, epochs: int = 20, batch_size: int = 200, solver="adam", hidden=64, estimator=None
+):
+    """Fit ``estimator`` (a class: FastMLPClassifier unless given, or
+    scikit-learn's MLPClassifier) at the settings of ``bench_estimator.py``:
+    the tests' ``equal_settings`` (``tests/_support.py``, whose folder must be
+    on ``sys.path``); returns the fitted classifier."""
     from _support import equal_settings
+    from sklearn.exceptions import ConvergenceWarning
 
+    estimator = estimator or fastmlp.FastMLPClassifier
+    settings = equal_settings(solver, epochs, batch_size, hidden)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # no convergence at a fixed number of epochs
-        return fastmlp.FastMLPClassifier(**equal_settings("adam", epochs, batch_size)).fit(X, y)
+        # No convergence is expected at a fixed number of epochs.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return estimator(**settings).fit(X, y)
 
 
 def estimator_batch_size(name: str) -> int | None:
