@@ -402,7 +402,7 @@ def _add_rows(out, weights, M):
 
 HIDDEN_BLOCK = 64
 """The hidden units that the sums over sparse rows (:func:`_add_selected_rows`
-and the three after it) add at once. A constant, so that LLVM unrolls the
+and the two after it) add at once. A constant, so that LLVM unrolls the
 loop over them and keeps their sums in registers across all the rows,
 instead of loading and storing them for every few rows (64 float32 fill
 four of AVX-512's 32 registers, 64 float64 eight). Against eight rows per
@@ -472,19 +472,22 @@ def _add_listed_rows(out, weights, M, rows):
 
 
 @kernel(noalias=True)
-def _add_marked_rows(out, weights, M, bits):
-    """``out += sum_b weights[b] * M[b]`` over the set bits ``b`` of ``bits``
-    (a word of a mask, up to 64 rows), in increasing order:
+def _add_marked_rows(out, values, at, M, bits):
+    """``out += sum_b values[at[b]] * M[b]`` over the set bits ``b`` of
+    ``bits`` (a word of a mask, up to 64 rows), in increasing order:
     :func:`_add_selected_rows` for rows marked by bits rather than listed,
     which saves listing them (for MNIST's words of about 12 nonzeros, listing
-    first made the first layer 1.6x slower in float32)."""
+    first made the first layer 1.6x slower in float32). ``at`` says where
+    each row's weight is: :data:`BITS` for an example's values in a word
+    (the first layer), or the batch's examples for a feature's column of
+    ``X`` (a row of ``dW1``)."""
     n_h, h0 = out.size, 0
     one = np.uint64(1)
     while h0 + HIDDEN_BLOCK <= n_h:
         left = bits
         while left:
             b = _trailing_zeros(left)
-            w, m = weights[b], M[b]
+            w, m = values[at[b]], M[b]
             for h in range(HIDDEN_BLOCK):
                 out[h0 + h] += w * m[h0 + h]
             left &= left - one
@@ -493,33 +496,13 @@ def _add_marked_rows(out, weights, M, bits):
         rest, left = out[h0:], bits
         while left:
             b = _trailing_zeros(left)
-            _add_scaled(rest, weights[b], M[b, h0:])
+            _add_scaled(rest, values[at[b]], M[b, h0:])
             left &= left - one
 
 
-@kernel(noalias=True)
-def _add_marked_column(out, X, rows, k, bits, M):
-    """``out += sum_b X[rows[b], k] * M[b]`` over the set bits ``b`` of
-    ``bits``, in increasing order: :func:`_add_marked_rows` with the weights
-    in column ``k`` of the examples ``X[rows]`` (a feature's row of ``dW1``
-    from the examples of a batch that have it)."""
-    n_h, h0 = out.size, 0
-    one = np.uint64(1)
-    while h0 + HIDDEN_BLOCK <= n_h:
-        left = bits
-        while left:
-            b = _trailing_zeros(left)
-            w, m = X[rows[b], k], M[b]
-            for h in range(HIDDEN_BLOCK):
-                out[h0 + h] += w * m[h0 + h]
-            left &= left - one
-        h0 += HIDDEN_BLOCK
-    if h0 < n_h:
-        rest, left = out[h0:], bits
-        while left:
-            b = _trailing_zeros(left)
-            _add_scaled(rest, X[rows[b], k], M[b, h0:])
-            left &= left - one
+BITS = np.arange(64)
+"""The bits of a word, for :func:`_add_marked_rows` reading a word's values
+where they are."""
 
 
 @kernel(noalias=True)
@@ -933,7 +916,7 @@ def _first_layer_parts(X, rows, nonzeros, W1, b1, A1, part_sums, mask):
             for w in range(w0, w1):
                 for r in range(rows.size):
                     out = A1[r] if part == 0 else part_sums[part - 1, r]
-                    _add_marked_rows(out, X[rows[r]][64 * w :], W1[64 * w :], mask[r, w])
+                    _add_marked_rows(out, X[rows[r]][64 * w :], BITS, W1[64 * w :], mask[r, w])
         _restore_subnormals(saved)
 
 
@@ -1251,7 +1234,7 @@ def backward(
                     by_feature[r - g0] = (mask[r, word] >> shift) & word_mask
                 _transpose_bits(by_feature)
                 for k in range(k0, k1):
-                    _add_marked_column(dW1[k], X, rows[g0:g1], k, by_feature[k - k0], A1[g0:g1])
+                    _add_marked_rows(dW1[k], X[:, k], rows[g0:g1], A1[g0:g1], by_feature[k - k0])
         else:
             for r in range(m):
                 x, dz1 = X[rows[r]], A1[r]
@@ -1413,25 +1396,9 @@ def train_epoch(
         a1, a2 = A1[:m], A2[:m]
         forward(X, rows, nonzeros, W1, b1, W2, b2, activation, a1, a2, part_sums)
         loss = backward(
-            X,
-            rows,
-            nonzeros,
-            y,
-            weights,
-            W1,
-            W2,
-            activation,
-            l2,
-            a1,
-            a2,
-            dW1,
-            db1,
-            dW2,
-            db2,
-            partial,
-            partial_loss,
-            finite,
-        )
+            X, rows, nonzeros, y, weights, W1, W2, activation, l2, a1, a2,
+            dW1, db1, dW2, db2, partial, partial_loss, finite,
+        )  # fmt: skip
         if not _update_if_finite(loss, theta, grads, optimizer, n_x, n_h, nonzeros, finite):
             return total, batch
         total += loss * m
