@@ -1,17 +1,18 @@
-"""W2's epoch phase by phase: where the time goes, on one thread and on all.
+"""A workload phase by phase: where the time goes, on one thread and on all.
 
-    python benchmarks/phases.py [--dtype float32] [--rounds 30]
+    python benchmarks/phases.py [--workload W2] [--dtype float32] [--rounds 30]
 
-Runs W2's loop over batches (10,000 MNIST images, batches of 64, hidden 64,
-SGD) with the fast path's own kernels three times over: the forward passes
-alone, then with the backward passes, then with the updates, and prints the
-median time of each and the differences, which are each phase's cost, for
-one thread and for Numba's default count. The parameters are updated only
-in the last of the three, so the first two repeat the same batches on the
-same weights; the cost of an update includes what it costs the next forward
-pass to read the rows of ``W1`` it changed. The latency between two CPUs
-(see report.py) is printed beside, since two threads exchange data at every
-batch.
+Runs the workload's loop over batches (W2 by default: 10,000 MNIST images,
+batches of 64, hidden 64, SGD; W1 is timed over ``FULL_BATCH_STEPS`` steps
+of its full batch) with the fast path's own kernels three times over: the
+forward passes alone, then with the backward passes, then with the updates,
+and prints the median time of each and the differences, which are each
+phase's cost, for one thread and for Numba's default count. The parameters
+are updated only in the last of the three, so the first two repeat the same
+batches on the same weights; the cost of an update includes what it costs
+the next forward pass to read the rows of ``W1`` it changed. The latency
+between two CPUs (see report.py) is printed beside, since two threads
+exchange data at every batch.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from workloads import WORKLOADS, load_data
 from fastmlp import engine, kernels, reference
 
 PHASES = ("forward", "backward", "update")
+FULL_BATCH_STEPS = 10
 
 
 @numba.njit
@@ -51,28 +53,35 @@ def _epoch(X, y, weights, order, batch_size, theta, grads, work, nonzeros, optim
                 kernels._update_if_finite(loss, theta, grads, optimizer, n_x, n_h, nonzeros, finite)
 
 
-def measure(dtype, rounds: int, threads: int) -> dict[str, float]:
-    """Median milliseconds of W2's epoch up to each phase, on ``threads`` threads."""
-    workload = WORKLOADS["W2"]
+def measure(dtype, rounds: int, threads: int, workload: str = "W2") -> dict[str, float]:
+    """Median milliseconds of the workload's epoch (W1: ``FULL_BATCH_STEPS``
+    steps) up to each phase, on ``threads`` threads."""
+    workload = WORKLOADS[workload]
     X, y, _ = load_data(workload.n_examples, dtype)
     n_x, n_h, n_y = X.shape[1], workload.hidden, 10
     theta = engine.flatten_params(*reference.init_params(n_x, n_h, n_y, 1, dtype))
     network = engine.FastNetwork(theta, n_x, n_h, n_y, "logistic")
-    batches = network.mini_batches(X, y, workload.batch_size)
+    if workload.batch_size is None:
+        batches, batch_size, repeats = network.full_batch(X, y), len(y), FULL_BATCH_STEPS
+        order = batches.rows
+    else:
+        batches = network.mini_batches(X, y, workload.batch_size)
+        batch_size, repeats = workload.batch_size, 1
+        order = np.random.default_rng(1).permutation(workload.n_examples)
     optimizer = engine.Optimizer("sgd", theta.size, dtype, learning_rate=workload.alpha)
-    order = np.random.default_rng(1).permutation(workload.n_examples)
     default = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
         medians = {}
         for phases, name in enumerate(PHASES, start=1):
-            args = (batches.X, batches.labels, batches.weights, order, workload.batch_size)
+            args = (batches.X, batches.labels, batches.weights, order, batch_size)
             rest = (network.theta, network.grads, batches.work, batches.nonzeros)
             _epoch(*args, *rest, optimizer.as_kernel_args(), phases)  # compile, warm up
             times = []
             for _ in range(rounds):
                 start = time.perf_counter()
-                _epoch(*args, *rest, optimizer.as_kernel_args(), phases)
+                for _ in range(repeats):
+                    _epoch(*args, *rest, optimizer.as_kernel_args(), phases)
                 times.append(time.perf_counter() - start)
             medians[name] = statistics.median(times) * 1e3
     finally:
@@ -82,20 +91,23 @@ def measure(dtype, rounds: int, threads: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", default="W2", choices=list(WORKLOADS))
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--rounds", type=int, default=30)
     args = parser.parse_args()
     dtype = np.dtype(args.dtype)
     for threads in sorted({1, numba.get_num_threads()}):
         latency = core_to_core_ns()
-        cumulative = measure(dtype, args.rounds, threads)
+        cumulative = measure(dtype, args.rounds, threads, args.workload)
         costs, before = [], 0.0
         for name in PHASES:
             costs.append(f"{name} {cumulative[name] - before:.2f}")
             before = cumulative[name]
         near = f"{latency:.0f} ns between two CPUs" if latency else "one CPU"
+        full_batch = WORKLOADS[args.workload].batch_size is None
+        unit = f"{FULL_BATCH_STEPS} steps" if full_batch else "epoch"
         print(
-            f"{threads} thread(s), W2 {dtype.name}: epoch {before:.2f} ms = "
+            f"{threads} thread(s), {args.workload} {dtype.name}: {unit} {before:.2f} ms = "
             + ", ".join(costs)
             + f" ms (medians of {args.rounds}; {near})"
         )
