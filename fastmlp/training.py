@@ -265,6 +265,7 @@ class _MiniBatch:
 
 class _ReferenceMiniBatch(_MiniBatch, _Reference):
     def __init__(self, X, labels, params, alpha, activation, batch_size, seed, epochs):
+        # ``epochs`` tells the fast path how to read a sparse X; here it changes nothing.
         _Reference.__init__(self, X, labels, params, alpha, activation)
         self._shuffle(labels, batch_size, seed)
 
