@@ -20,7 +20,14 @@ import numpy as np
 import pytest
 import scipy.sparse
 from sklearn.neural_network import MLPClassifier
-from workloads import ESTIMATOR_EXAMPLES, fit_estimator, load_data, rest
+from workloads import (
+    ESTIMATOR_EPOCHS,
+    ESTIMATOR_EXAMPLES,
+    fit_estimator,
+    load_data,
+    rest,
+    warm_up_estimator,
+)
 
 import fastmlp
 from fastmlp import FastMLPClassifier
@@ -36,7 +43,7 @@ def time_fits(benchmark, library, solver, epochs, X, y, group, batch_size=200, h
     """Time three fits of one library at the tests' ``equal_settings``, after
     an untimed fit of fastmlp on a few samples that compiles its kernels,
     each after a rest (``workloads.IDLE``); return the last model."""
-    fit_estimator(X[:300], y[:300], epochs=1)  # compile, untimed
+    warm_up_estimator(X, y, batch_size, solver, hidden)  # untimed
     benchmark.group = group_name(group, solver, epochs, batch_size, hidden)
     benchmark.extra_info["threads"] = numba.get_num_threads()
     return benchmark.pedantic(
@@ -53,7 +60,7 @@ def digits(smoke: bool, dtype):
     """The MNIST digits, epochs and data's name of the benchmarks on digits."""
     n = 1000 if smoke else ESTIMATOR_EXAMPLES
     X, y, _ = load_data(n, dtype)
-    return X, y, 2 if smoke else 20, f"{n:,} MNIST digits"
+    return X, y, 2 if smoke else ESTIMATOR_EPOCHS, f"{n:,} MNIST digits"
 
 
 @pytest.mark.parametrize("solver", ["adam", "sgd"])

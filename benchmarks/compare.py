@@ -44,8 +44,8 @@ import numpy as np
 import fastmlp
 from report import core_to_core_ns
 from workloads import (
-    ESTIMATOR_EXAMPLES, WORKLOADS, estimator_batch_size, fit_estimator, load_data, rest, run,
-    warm_up,
+    ESTIMATOR_EPOCHS, ESTIMATOR_EXAMPLES, WORKLOADS, estimator_batch_size, fit_estimator,
+    load_data, rest, run, warm_up, warm_up_estimator,
 )
 
 if not fastmlp.__file__.startswith({root!r}):
@@ -57,11 +57,11 @@ for dtype in {dtypes!r}:
         batch_size = estimator_batch_size(name)
         if batch_size is not None:
             X, y, _ = load_data(ESTIMATOR_EXAMPLES, dtype)
-            fit_estimator(X[:300], y[:300], epochs=1)
+            warm_up_estimator(X, y, batch_size)
             latency.append(core_to_core_ns(rounds=20_000))
             rest()
             start = time.perf_counter()
-            fit_estimator(X, y, max(1, round(20 * {scale!r})), batch_size)
+            fit_estimator(X, y, max(1, round(ESTIMATOR_EPOCHS * {scale!r})), batch_size)
             times[f"{{name}} {{dtype}}"] = time.perf_counter() - start
             continue
         workload = WORKLOADS[name].scaled({scale!r})

@@ -121,6 +121,7 @@ def main() -> None:
         fit_estimator,
         load_data,
         run,
+        warm_up_estimator,
     )
 
     from fastmlp import kernels
@@ -132,9 +133,9 @@ def main() -> None:
 
         def train(small=False):
             if small:
-                fit_estimator(X[:300], y[:300], epochs=1)
+                warm_up_estimator(X, y, batch_size)
             else:
-                fit_estimator(X, y, epochs=20, batch_size=batch_size)
+                fit_estimator(X, y, batch_size=batch_size)
 
     elif args.workload in WORKLOADS:
         workload = WORKLOADS[args.workload]

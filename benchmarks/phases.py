@@ -96,6 +96,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     args = parser.parse_args()
     dtype = np.dtype(args.dtype)
+    full_batch = WORKLOADS[args.workload].batch_size is None
+    unit = f"{FULL_BATCH_STEPS} steps" if full_batch else "epoch"
     for threads in sorted({1, numba.get_num_threads()}):
         latency = core_to_core_ns()
         cumulative = measure(dtype, args.rounds, threads, args.workload)
@@ -104,8 +106,6 @@ def main() -> None:
             costs.append(f"{name} {cumulative[name] - before:.2f}")
             before = cumulative[name]
         near = f"{latency:.0f} ns between two CPUs" if latency else "one CPU"
-        full_batch = WORKLOADS[args.workload].batch_size is None
-        unit = f"{FULL_BATCH_STEPS} steps" if full_batch else "epoch"
         print(
             f"{threads} thread(s), {args.workload} {dtype.name}: {unit} {before:.2f} ms = "
             + ", ".join(costs)

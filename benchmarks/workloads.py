@@ -233,10 +233,18 @@ def run(implementation: str, workload: Workload, X, y) -> Result:
 
 ESTIMATOR_EXAMPLES = 8000
 """The MNIST digits FastMLPClassifier fits in ``bench_estimator.py``."""
+ESTIMATOR_EPOCHS = 20
+"""The epochs of each of those fits."""
 
 
 def fit_estimator(
-    X, y, epochs: int = 20, batch_size: int = 200, solver="adam", hidden=64, estimator=None
+    X,
+    y,
+    epochs: int = ESTIMATOR_EPOCHS,
+    batch_size: int = 200,
+    solver="adam",
+    hidden=64,
+    estimator=None,
 ):
     """Fit ``estimator`` (a class: FastMLPClassifier unless given, or
     scikit-learn's MLPClassifier) at the settings of ``bench_estimator.py``:
@@ -251,6 +259,12 @@ def fit_estimator(
         # No convergence is expected at a fixed number of epochs.
         warnings.simplefilter("ignore", ConvergenceWarning)
         return estimator(**settings).fit(X, y)
+
+
+def warm_up_estimator(X, y, batch_size: int = 200, solver="adam", hidden=64) -> None:
+    """Compile (or load from the cache) the kernels that FastMLPClassifier's
+    fits on ``X`` at these settings run: one epoch on its first 300 examples."""
+    fit_estimator(X[:300], y[:300], 1, batch_size, solver, hidden)
 
 
 def estimator_batch_size(name: str) -> int | None:

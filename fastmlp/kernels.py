@@ -501,8 +501,8 @@ def _add_marked_rows(out, values, at, M, bits):
 
 
 BITS = np.arange(64)
-"""The bits of a word, for :func:`_add_marked_rows` reading a word's values
-where they are."""
+"""The bit numbers of a word, 0 to 63: the ``at`` of :func:`_add_marked_rows`
+when the values are an example's, from the word's first feature on."""
 
 
 @kernel(noalias=True)
