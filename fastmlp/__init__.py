@@ -9,12 +9,17 @@ The public API:
 * :func:`save_model`, :func:`load_model` - model files.
 """
 
+from typing import TYPE_CHECKING
+
 from .errors import DivergenceError, ModelFileError
 from .model import Model, Progress
 from .modelfile import load_model, save_model
 from .training import gradient_descent, train
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:  # type checkers see the estimator; an import only loads it when used
+    from .estimator import FastMLPClassifier
 
 
 def __getattr__(name):

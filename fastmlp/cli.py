@@ -268,9 +268,10 @@ def _cmd_bench(args) -> int:
         f"{'backend':8s} {'dtype':8s} {'median s':>9s} {'ms/step':>8s} {'speed-up':>9s} "
         f"{'accuracy':>9s}"
     )
-    for backend, dtype, seconds, accuracy in rows:
+    for backend, dtype_name, seconds, accuracy in rows:
+        per_step = 1000 * seconds / (args.iterations + 1)
         print(
-            f"{backend:8s} {dtype:8s} {seconds:9.3f} {1000 * seconds / (args.iterations + 1):8.2f} "
+            f"{backend:8s} {dtype_name:8s} {seconds:9.3f} {per_step:8.2f} "
             f"{reference_time / seconds:8.2f}x {accuracy:9.2%}"
         )
     return 0

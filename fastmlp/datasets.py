@@ -27,7 +27,7 @@ import numpy as np
 __all__ = ["Dataset", "DatasetUnavailable", "load", "read_idx"]
 
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
-_IDX_TYPES = {
+_IDX_TYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),
@@ -70,7 +70,7 @@ class Dataset:
         return first, rest
 
 
-def read_idx(path, *, magic: int | None = None) -> np.ndarray:
+def read_idx(path: str | os.PathLike, *, magic: int | None = None) -> np.ndarray:
     """Read one IDX file (gzip-compressed or raw) into an array of its shape.
 
     Parameters
@@ -118,7 +118,7 @@ def _find(directory: Path, stem: str) -> Path | None:
     return None
 
 
-def load_idx_dir(directory) -> Dataset:
+def load_idx_dir(directory: str | os.PathLike) -> Dataset:
     """The images and labels of an IDX folder: the training split and then the
     test split, whichever of them are there."""
     directory = Path(directory)
@@ -160,7 +160,7 @@ def load_digits() -> Dataset:
     return Dataset(digits.data / 16.0, digits.target.astype(np.int64), "digits", (8, 8))
 
 
-def fetch_mnist(data_home=None) -> Dataset:
+def fetch_mnist(data_home: str | os.PathLike | None = None) -> Dataset:
     """MNIST from OpenML, as the notebook loads it (the first call downloads
     about 15 MB into scikit-learn's data home; later calls read the cache)."""
     from sklearn.datasets import fetch_openml
@@ -187,7 +187,7 @@ def fetch_mnist(data_home=None) -> Dataset:
     return Dataset(mnist.data / 255.0, mnist.target.astype(np.int64), "mnist", (28, 28))
 
 
-def load(spec: str, *, data_home=None) -> Dataset:
+def load(spec: str, *, data_home: str | os.PathLike | None = None) -> Dataset:
     """Load a data set by name: ``"mnist"``, ``"digits"`` or ``"idx:DIR"``.
 
     Raises

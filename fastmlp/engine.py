@@ -206,7 +206,8 @@ def _index_dtype(n: int):
 
 def _empty_nonzeros(n_x: int, dtype, mask_rows: int = 0):
     columns = _index_dtype(n_x)
-    threads = numba.config.NUMBA_NUM_THREADS if mask_rows else 0
+    # Numba's pool size, which get_thread_id() numbers (set at import: no stub has it)
+    threads = numba.config.NUMBA_NUM_THREADS if mask_rows else 0  # type: ignore[attr-defined]
     return kernels.Nonzeros(
         np.empty((mask_rows, -(-n_x // 64) if mask_rows else 0), np.uint64),
         np.empty((threads, 64 if mask_rows else 0), np.uint64),
@@ -301,7 +302,7 @@ class FastNetwork:
 
     def __init__(self, theta, n_x: int, n_h: int, n_y: int, activation: str):
         self.theta = theta
-        self._grads = None
+        self._grads: np.ndarray | None = None
         self.dims = (n_x, n_h, n_y)
         self.activation = activation
         self._code = kernels.ACTIVATIONS[activation]

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .model import Model
+
 
 class DivergenceError(ValueError):
     """Training produced a non-finite loss or gradient and was stopped.
@@ -14,11 +19,12 @@ class DivergenceError(ValueError):
     ----------
     iteration : int
         The iteration (full-batch step, or epoch) at which it happened.
-    model : object or None
-        The last finite model, where there is one to return.
+    model : Model or None
+        The last finite model from ``fastmlp.train``; None from
+        ``FastMLPClassifier``, which keeps its weights from before the epoch.
     """
 
-    def __init__(self, message: str, iteration: int, model=None):
+    def __init__(self, message: str, iteration: int, model: Model | None = None) -> None:
         super().__init__(message)
         self.iteration = iteration
         self.model = model

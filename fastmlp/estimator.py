@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import numbers
 import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
@@ -17,6 +20,9 @@ from . import kernels
 from ._validation import resolve_dtype
 from .engine import FastNetwork, Optimizer, class_indices, flatten_params
 from .errors import DivergenceError
+
+if TYPE_CHECKING:
+    from scipy.sparse import sparray, spmatrix
 
 SOLVERS = ("sgd", "adam", "gd")
 LEARNING_RATES = ("constant", "invscaling", "adaptive")
@@ -119,32 +125,32 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
 
     def __init__(
         self,
-        hidden_layer_sizes=(64,),
-        activation="logistic",
+        hidden_layer_sizes: int | Sequence[int] = (64,),
+        activation: Literal["logistic", "tanh", "relu"] = "logistic",
         *,
-        solver="adam",
-        alpha=1e-4,
-        batch_size="auto",
-        learning_rate="constant",
-        learning_rate_init=1e-3,
-        power_t=0.5,
-        max_iter=200,
-        shuffle=True,
-        random_state=None,
-        tol=1e-4,
-        verbose=False,
-        warm_start=False,
-        momentum=0.9,
-        nesterovs_momentum=True,
-        early_stopping=False,
-        validation_fraction=0.1,
-        beta_1=0.9,
-        beta_2=0.999,
-        epsilon=1e-8,
-        n_iter_no_change=10,
-        dtype=None,
-        init="glorot",
-    ):
+        solver: Literal["adam", "sgd", "gd"] = "adam",
+        alpha: float = 1e-4,
+        batch_size: int | Literal["auto"] = "auto",
+        learning_rate: Literal["constant", "invscaling", "adaptive"] = "constant",
+        learning_rate_init: float = 1e-3,
+        power_t: float = 0.5,
+        max_iter: int = 200,
+        shuffle: bool = True,
+        random_state: int | np.random.RandomState | None = None,
+        tol: float = 1e-4,
+        verbose: bool = False,
+        warm_start: bool = False,
+        momentum: float = 0.9,
+        nesterovs_momentum: bool = True,
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
+        n_iter_no_change: int = 10,
+        dtype: DTypeLike | None = None,
+        init: Literal["glorot", "notebook"] = "glorot",
+    ) -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -171,7 +177,12 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
         self.init = init
 
     # ---- public API ------------------------------------------------------------
-    def fit(self, X, y, sample_weight=None):
+    def fit(
+        self,
+        X: ArrayLike | spmatrix | sparray,
+        y: ArrayLike,
+        sample_weight: ArrayLike | None = None,
+    ) -> FastMLPClassifier:
         """Fit the network to ``X`` and labels ``y``; returns ``self``.
 
         ``sample_weight`` (one per sample) makes each batch's loss a weighted
@@ -180,7 +191,13 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
         """
         return self._fit(X, y, sample_weight, incremental=False)
 
-    def partial_fit(self, X, y, sample_weight=None, classes=None):
+    def partial_fit(
+        self,
+        X: ArrayLike | spmatrix | sparray,
+        y: ArrayLike,
+        sample_weight: ArrayLike | None = None,
+        classes: ArrayLike | None = None,
+    ) -> FastMLPClassifier:
         """One epoch on ``X, y`` (weighted by ``sample_weight``, as in
         :meth:`fit`). The first call needs ``classes``, every label that will
         ever be seen (as in scikit-learn); returns ``self``."""
@@ -196,20 +213,20 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
                 )
         return self._fit(X, y, sample_weight, incremental=True, classes=classes)
 
-    def predict_proba(self, X) -> np.ndarray:
+    def predict_proba(self, X: ArrayLike | spmatrix | sparray) -> np.ndarray:
         """Probability of each class (columns follow ``classes_``)."""
         A2 = self._output(X)
         if A2.shape[1] == 1:
             return np.hstack([1 - A2, A2])
         return A2
 
-    def predict_log_proba(self, X) -> np.ndarray:
+    def predict_log_proba(self, X: ArrayLike | spmatrix | sparray) -> np.ndarray:
         """Logarithm of :meth:`predict_proba`."""
         proba = self.predict_proba(X)
         with np.errstate(divide="ignore"):
             return np.log(proba, out=proba)
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X: ArrayLike | spmatrix | sparray) -> np.ndarray:
         """The most probable class of each sample."""
         A2 = self._output(X)
         return self.classes_[class_indices(A2)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import reference
 from ._validation import as_matrix, check_choice
@@ -69,6 +70,7 @@ class Model:
     backend: str = "numba"
     loss_curve: np.ndarray = field(default_factory=lambda: np.empty(0))
     history: tuple[Progress, ...] = ()
+    _fast: FastNetwork | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         check_choice(self.backend, "backend", BACKENDS)
@@ -91,17 +93,17 @@ class Model:
             array = np.array(getattr(self, name))  # a private, read-only copy
             array.setflags(write=False)
             object.__setattr__(self, name, array)
-        object.__setattr__(self, "_fast", None)
 
     @property
     def _network(self) -> FastNetwork:
         """The parameters in the kernels' layout, made when first predicting."""
-        if self._fast is None:
+        network = self._fast
+        if network is None:
             n_h, n_x = self.W1.shape
             theta = flatten_params(self.W1, self.b1, self.W2, self.b2)
             network = FastNetwork(theta, n_x, n_h, self.W2.shape[0], self.activation)
             object.__setattr__(self, "_fast", network)
-        return self._fast
+        return network
 
     @property
     def n_features(self) -> int:
@@ -122,7 +124,7 @@ class Model:
             return reference.forward(*params, X.T, self.activation)[3].T
         return self._network.output(X)
 
-    def predict_proba(self, X) -> np.ndarray:
+    def predict_proba(self, X: ArrayLike) -> np.ndarray:
         """Class probabilities, one row per example and one column per class.
 
         Parameters
@@ -138,11 +140,11 @@ class Model:
             return np.hstack([1 - A2, A2])
         return A2
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X: ArrayLike) -> np.ndarray:
         """The most probable class of each example (labels from ``classes``)."""
         return self.classes[class_indices(self._output(X))]
 
-    def score(self, X, y) -> float:
+    def score(self, X: ArrayLike, y: ArrayLike) -> float:
         """Accuracy: the fraction of examples whose predicted class is ``y``."""
         predicted = self.predict(X)
         y = np.asarray(y)

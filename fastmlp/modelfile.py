@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +47,7 @@ def save_model(model: Model, path: str | os.PathLike) -> Path:
     classes = np.asarray(model.classes)
     if classes.dtype.kind not in "iub":  # labels of any other type are kept as text
         classes = classes.astype(str)
-    fields = {
+    fields: dict[str, Any] = {
         "format": np.array(FORMAT),
         "version": np.array(VERSION),
         "W1": model.W1,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from . import reference
 from ._validation import (
@@ -68,14 +70,14 @@ def _logged(iteration: int, last: int, log_every: int | None, first: int) -> boo
 
 
 def train(
-    X,
-    y,
+    X: ArrayLike,
+    y: ArrayLike,
     hidden: int = 64,
     iterations: int = 1000,
     alpha: float = 0.5,
     seed: int = 1,
     backend: str = "numba",
-    dtype=None,
+    dtype: DTypeLike | None = None,
     log_every: int | None = 100,
     callback: Callable[[Progress], None] | None = None,
     *,
@@ -150,24 +152,25 @@ def train(
     if batch_size is not None:
         batch_size = check_positive_int(batch_size, "batch_size")
 
-    X, labels, classes, n_y = _examples_and_targets(X, y, dtype)
-    m, n_x = X.shape
-    params = reference.init_params(n_x, hidden, n_y, seed, X.dtype)
+    examples, labels, classes, n_y = _examples_and_targets(X, y, dtype)
+    m, n_x = examples.shape
+    params = reference.init_params(n_x, hidden, n_y, seed, examples.dtype)
     if batch_size is None:
-        run = _FULL_BATCH[backend](X, labels, params, alpha, activation)
+        run: _Run = _FULL_BATCH[backend](examples, labels, params, alpha, activation)
         steps, first, word = range(iterations + 1), 0, "Iteration"
     else:
         run = _MINI_BATCH[backend](
-            X, labels, params, alpha, activation, batch_size, seed, iterations
+            examples, labels, params, alpha, activation, batch_size, seed, iterations
         )
         steps, first, word = range(1, iterations + 1), 1, "Epoch"
     del params  # the fast path copied them: keep one copy through training
 
-    losses, history = [], []
+    losses: list[float] = []
+    history: list[Progress] = []
     if backend == "numpy" or not steps:
         # The fast path finds a NaN or infinity in X when its first step
         # fails; NumPy would warn on the way there, and no epochs, no steps.
-        check_finite(X)
+        check_finite(examples)
 
     def model():
         run.release()  # the training buffers go before the model copies the parameters
@@ -176,7 +179,7 @@ def train(
     for i in steps:
         loss, updated = run.step()
         if not updated:
-            check_finite(X)  # a NaN or infinity in X fails the first step: say so
+            check_finite(examples)  # a NaN or infinity in X fails the first step: say so
             raise DivergenceError(
                 f"training diverged at {word.lower()} {i}: the loss or a gradient "
                 "became NaN or infinite, so training stopped before that update. "
@@ -196,7 +199,9 @@ def train(
     return model()
 
 
-def gradient_descent(X, Y, iterations=1000, alpha=0.5):
+def gradient_descent(
+    X: ArrayLike, Y: ArrayLike, iterations: int = 1000, alpha: float = 0.5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The notebook's ``gradient_descent``, on the fast path.
 
     Same arguments (``X`` features x examples, ``Y`` one-hot classes x
@@ -204,11 +209,23 @@ def gradient_descent(X, Y, iterations=1000, alpha=0.5):
     ``W1, b1, W2, b2`` in the notebook's layout.
     """
     model = train(X, Y, 64, iterations, alpha, seed=1, verbose=True)
-    return tuple(np.array(p) for p in (model.W1, model.b1, model.W2, model.b2))
+    W1, b1, W2, b2 = (np.array(p) for p in (model.W1, model.b1, model.W2, model.b2))
+    return W1, b1, W2, b2
 
 
 # ---- the two paths, behind one small interface ---------------------------
-# Each run has step() -> (loss, updated), predicted_classes(), params() and release().
+class _Run(Protocol):
+    def step(self) -> tuple[float, bool]:
+        """One full-batch step or epoch: its loss, and whether it updated."""
+
+    def predicted_classes(self) -> np.ndarray:
+        """Each training example's predicted class index."""
+
+    def params(self) -> Sequence[np.ndarray]:
+        """``W1, b1, W2, b2`` in the notebook's layout."""
+
+    def release(self) -> None:
+        """Free the training buffers."""
 
 
 class _Reference:
@@ -325,5 +342,11 @@ class _FastMiniBatch(_MiniBatch, _Fast):
         return class_indices(self.network.output(self.X))
 
 
-_FULL_BATCH = {"numpy": _ReferenceFullBatch, "numba": _FastFullBatch}
-_MINI_BATCH = {"numpy": _ReferenceMiniBatch, "numba": _FastMiniBatch}
+_FULL_BATCH: dict[str, Callable[..., _Run]] = {
+    "numpy": _ReferenceFullBatch,
+    "numba": _FastFullBatch,
+}
+_MINI_BATCH: dict[str, Callable[..., _Run]] = {
+    "numpy": _ReferenceMiniBatch,
+    "numba": _FastMiniBatch,
+}
