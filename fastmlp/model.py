@@ -34,7 +34,7 @@ class Progress:
     accuracy: float | None = None
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Model:
     """A network with one hidden layer, as returned by :func:`fastmlp.train`.
 
@@ -93,6 +93,15 @@ class Model:
             array = np.array(getattr(self, name))  # a private, read-only copy
             array.setflags(write=False)
             object.__setattr__(self, name, array)
+
+    def __repr__(self) -> str:
+        # The shape of the network, not its 50,000 weights.
+        classes = np.array2string(self.classes, threshold=10, edgeitems=3, separator=", ")
+        return (
+            f"Model(n_features={self.n_features}, n_hidden={self.n_hidden}, "
+            f"classes={classes}, activation={self.activation!r}, "
+            f"backend={self.backend!r}, dtype={self.dtype.name!r})"
+        )
 
     @property
     def _network(self) -> FastNetwork:

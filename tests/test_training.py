@@ -117,6 +117,10 @@ def test_model_is_read_only_and_reports_its_training(small):
     np.testing.assert_array_equal(model.loss_curve, [p.loss for p in seen])
     assert model.loss_curve[-1] < model.loss_curve[0]
     assert (model.n_features, model.n_hidden) == (30, 64)
+    assert repr(model) == (
+        "Model(n_features=30, n_hidden=64, classes=[0, 1, 2, 3], activation='logistic', "
+        "backend='numba', dtype='float64')"
+    )
 
 
 def test_model_rejects_the_wrong_number_of_features(small):
