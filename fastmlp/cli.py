@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -254,7 +255,12 @@ def _cmd_bench(args) -> int:
         f"{args.iterations} full-batch steps; {source}; {numba.get_num_threads()} threads"
     )
     rows = []
-    for backend, dtype in (("numpy", np.float64), ("numba", np.float64), ("numba", np.float32)):
+    runs: tuple[tuple[Literal["numba", "numpy"], type[np.floating]], ...] = (
+        ("numpy", np.float64),
+        ("numba", np.float64),
+        ("numba", np.float32),
+    )
+    for backend, dtype in runs:
         Xd = X.astype(dtype)
         train(Xd[:100], y[:100], iterations=1, backend=backend, log_every=None)  # compile
         times = []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
@@ -76,13 +76,13 @@ def train(
     iterations: int = 1000,
     alpha: float = 0.5,
     seed: int = 1,
-    backend: str = "numba",
+    backend: Literal["numba", "numpy"] = "numba",
     dtype: DTypeLike | None = None,
     log_every: int | None = 100,
     callback: Callable[[Progress], None] | None = None,
     *,
     batch_size: int | None = None,
-    activation: str = "logistic",
+    activation: Literal["logistic", "tanh", "relu"] = "logistic",
     verbose: bool = False,
 ) -> Model:
     """Train the notebook's network: one hidden layer, softmax output, gradient descent.
