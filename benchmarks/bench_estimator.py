@@ -7,7 +7,9 @@ logistic units (Adam also with 32 and 100), batches of 200 (scikit-learn's
 default; Adam also at 32 and 64), 20 epochs; both classifiers start from the
 same weights and see the batches in the same order. And a wide sparse input
 as text gives: 5,000 documents of 100 words each out of 50,000, as a
-scipy.sparse CSR matrix, which neither library makes dense.
+scipy.sparse CSR matrix, which neither library makes dense. And a narrow
+input: scikit-learn's 1,797 digits of 64 features at batches of 16 and 64,
+which fastmlp trains on one thread, beside the same on two.
 
 Plain SGD (no momentum) is also timed beside the notebook's NumPy code doing
 the same epochs (fastmlp.train's reference path, mini-batch): the 10x goal
@@ -19,6 +21,7 @@ import numba
 import numpy as np
 import pytest
 import scipy.sparse
+from sklearn.datasets import load_digits
 from sklearn.neural_network import MLPClassifier
 from workloads import (
     ESTIMATOR_EPOCHS,
@@ -30,7 +33,7 @@ from workloads import (
 )
 
 import fastmlp
-from fastmlp import FastMLPClassifier
+from fastmlp import FastMLPClassifier, engine
 
 
 def group_name(data: str, solver: str, epochs: int, batch_size: int = 200, hidden: int = 64) -> str:
@@ -49,7 +52,7 @@ def time_fits(benchmark, library, solver, epochs, X, y, group, batch_size=200, h
     return benchmark.pedantic(
         fit_estimator,
         args=(X, y, epochs, batch_size, solver, hidden),
-        kwargs=dict(estimator=FastMLPClassifier if library == "fastmlp" else MLPClassifier),
+        kwargs=dict(estimator=MLPClassifier if library == "sklearn" else FastMLPClassifier),
         setup=None if benchmark.disabled else rest,
         rounds=3,
         warmup_rounds=0,
@@ -115,6 +118,19 @@ def bench_plain_sgd_fit(benchmark, smoke, library, dtype):
             rounds=3,
         )
     benchmark.extra_info["training accuracy"] = float(model.score(X, y))
+
+
+@pytest.mark.parametrize("batch_size", [16, 64])
+@pytest.mark.parametrize("library", ["fastmlp", "fastmlp, two threads", "sklearn"])
+def bench_estimator_fit_narrow(benchmark, smoke, monkeypatch, library, batch_size):
+    """Adam on scikit-learn's 1,797 digits (64 features, float64) at small
+    batches, whose batches fastmlp trains on one thread
+    (:data:`fastmlp.engine.ONE_THREAD_WORK`); "two threads" turns that off."""
+    if library.endswith("two threads"):
+        monkeypatch.setattr(engine, "ONE_THREAD_WORK", 0)
+    X, y = load_digits(return_X_y=True)
+    epochs = 2 if smoke else ESTIMATOR_EPOCHS
+    time_fits(benchmark, library, "adam", epochs, X / 16, y, "1,797 8x8 digits", batch_size)
 
 
 @pytest.mark.parametrize("library", ["fastmlp", "sklearn"])

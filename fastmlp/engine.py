@@ -35,6 +35,25 @@ rows cost 0.55 ms (float64: 0.21 against 0.84 ms)."""
 PREDICT_CHUNK = 4096
 """Examples per forward pass when predicting, to bound the buffers' size."""
 
+ONE_THREAD_WORK = 1 << 19
+"""A batch of an input with at most 64 features whose first layer costs at
+most this many multiply-adds (examples x features x hidden units) trains on
+one thread: the threads meet at every parallel loop of every batch, and
+such a batch has too little work for two to share. With 64 features or
+fewer, the sparse first layer and its gradient are summed by one thread
+anyway (the mask's parts are whole words of 64), and the updates of ``W1``
+are small. Measured with FastMLPClassifier's Adam on two threads against
+one (the Intel machine of the README, epochs in one process, medians of
+3): scikit-learn's digits standardised (64 features, dense) at batches of
+16 0.60x-0.67x as fast as one thread with 64 to 256 hidden units, at 64
+0.78x-0.92x with 64 and 128, and at 128 with 64 1.00x; 20 features of
+``make_classification`` with 64 hidden units 0.58x at batches of 16 and
+0.95x at 200. Two threads paid beyond: 1.09x for the digits at batches of
+200 with 64 hidden units, 1.05x-1.25x at 64 with 256. Wider inputs are
+left alone: on MNIST two threads were faster even at batches of 2 with 64
+hidden units (1.25x), where updating ``W1``'s 50,000 weights is shared.
+The threads' number does not change the results (see :mod:`.kernels`)."""
+
 
 def aligned_empty(shape, dtype) -> np.ndarray:
     """``np.empty(shape, dtype)`` that starts on a cache line.
@@ -415,6 +434,7 @@ class MiniBatches:
         elif is_csr(X) and not sparse:
             raise ValueError("a scipy.sparse X trains through the sparse kernels only")
         self.nonzeros = self._sparse_input(X, epochs) if sparse else network._dense
+        self.one_thread = n_x <= 64 and batch_size * n_x * n_h <= ONE_THREAD_WORK
         by_parts = kernels.reads_by_word(self.nonzeros)
         self.work = _work(batch_size, n_x, n_h, n_y, network.dtype, by_parts)
         self.X = kernel_rows(X)
@@ -441,20 +461,25 @@ class MiniBatches:
         # that then loads it would crash in its first parallel loop
         # (numba#8578; tests/test_jit.py). Asking for the thread count
         # starts them, once per process.
-        numba.get_num_threads()
-        total, failed = kernels.train_epoch(
-            self.X,
-            self.labels,
-            self.weights,
-            order,
-            self.batch_size,
-            net.theta,
-            net.grads,
-            net._code,
-            optimizer.as_kernel_args(),
-            self.work,
-            self.nonzeros,
-        )
+        threads = numba.get_num_threads()
+        if self.one_thread:  # see ONE_THREAD_WORK; the setting is this thread's own
+            numba.set_num_threads(1)
+        try:
+            total, failed = kernels.train_epoch(
+                self.X,
+                self.labels,
+                self.weights,
+                order,
+                self.batch_size,
+                net.theta,
+                net.grads,
+                net._code,
+                optimizer.as_kernel_args(),
+                self.work,
+                self.nonzeros,
+            )
+        finally:
+            numba.set_num_threads(threads)
         return float(total), int(failed)
 
 

@@ -180,6 +180,57 @@ def test_float32_input_trains_in_float32(digits):
     assert forced.coefs_[0].dtype == np.float32
 
 
+def _threads_of_each_epoch(monkeypatch):
+    """Records the thread count each call of the epoch kernel runs with."""
+    seen, train_epoch = [], engine.kernels.train_epoch
+
+    def recording(*args):
+        seen.append(numba.get_num_threads())
+        return train_epoch(*args)
+
+    monkeypatch.setattr(engine.kernels, "train_epoch", recording)
+    return seen
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two threads")
+@pytest.mark.parametrize("sparse", [False, True])
+def test_small_batches_of_narrow_input_train_on_one_thread(digits, sparse, monkeypatch):
+    X_train, _, y_train, _ = digits  # 64 features: 16 x 64 x 64 multiply-adds a batch
+    X = scipy.sparse.csr_matrix(X_train) if sparse else X_train
+    seen = _threads_of_each_epoch(monkeypatch)
+    default = numba.get_num_threads()
+    small = FastMLPClassifier(batch_size=16, max_iter=3, random_state=0).fit(X, y_train)
+    assert seen == [1, 1, 1]
+    assert numba.get_num_threads() == default  # the caller's setting, back
+    # On two threads (the rule off), the same weights, bit for bit.
+    monkeypatch.setattr(engine, "ONE_THREAD_WORK", 0)
+    seen.clear()
+    two = FastMLPClassifier(batch_size=16, max_iter=3, random_state=0).fit(X, y_train)
+    assert seen == [default] * 3
+    for a, b in zip(small.coefs_ + small.intercepts_, two.coefs_ + two.intercepts_, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Larger batches, and wider inputs, keep the caller's threads.
+    monkeypatch.setattr(engine, "ONE_THREAD_WORK", 1 << 19)
+    seen.clear()
+    FastMLPClassifier(batch_size=200, max_iter=1, random_state=0).fit(X, y_train)
+    wide = np.hstack([X_train, X_train])
+    FastMLPClassifier(batch_size=16, max_iter=1, random_state=0).fit(wide, y_train)
+    assert seen == [default, default]
+
+
+def test_the_thread_count_is_restored_when_an_epoch_fails(digits, monkeypatch):
+    X_train, _, y_train, _ = digits
+    default = numba.get_num_threads()
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine.kernels, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        FastMLPClassifier(batch_size=16, max_iter=3).fit(X_train, y_train)
+    assert numba.get_num_threads() == default
+
+
 @pytest.mark.parametrize("solver", ["adam", "sgd", "gd"])
 def test_sparse_input_trains_as_its_dense_form(digits, solver, monkeypatch):
     monkeypatch.setattr(engine, "PREDICT_CHUNK", 100)  # predictions in several chunks
