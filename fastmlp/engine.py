@@ -35,24 +35,27 @@ rows cost 0.55 ms (float64: 0.21 against 0.84 ms)."""
 PREDICT_CHUNK = 4096
 """Examples per forward pass when predicting, to bound the buffers' size."""
 
-ONE_THREAD_WORK = 1 << 19
+ONE_THREAD_MADDS = {np.dtype(np.float32): 1 << 19, np.dtype(np.float64): 1 << 17}
 """A batch of an input with at most 64 features whose first layer costs at
 most this many multiply-adds (examples x features x hidden units) trains on
 one thread: the threads meet at every parallel loop of every batch, and
 such a batch has too little work for two to share. With 64 features or
 fewer, the sparse first layer and its gradient are summed by one thread
 anyway (the mask's parts are whole words of 64), and the updates of ``W1``
-are small. Measured with FastMLPClassifier's Adam on two threads against
-one (the Intel machine of the README, epochs in one process, medians of
-3): scikit-learn's digits standardised (64 features, dense) at batches of
-16 0.60x-0.67x as fast as one thread with 64 to 256 hidden units, at 64
-0.78x-0.92x with 64 and 128, and at 128 with 64 1.00x; 20 features of
-``make_classification`` with 64 hidden units 0.58x at batches of 16 and
-0.95x at 200. Two threads paid beyond: 1.09x for the digits at batches of
-200 with 64 hidden units, 1.05x-1.25x at 64 with 256. Wider inputs are
+are small. A multiply-add in float64 takes longer, so fewer of them pay for
+the second thread. Measured with FastMLPClassifier's Adam, one thread
+against two taking turns in one process (the Intel machine of the README,
+medians of 6 to 8 pairs of fits): scikit-learn's digits (64 features, half
+of them zero) with 64 hidden units at batches of 16 and 32 1.28x and 1.19x
+faster on one thread in float64; at 64 1.28x in float32 and 1.07x in
+float64; at 128 1.00x and 0.97x. 20 features of ``make_classification``
+with 64 hidden units at batches of 32 1.25x in float64, at 128 1.08x and
+0.94x (float32 and float64), at 200 1.01x and 0.84x; the
+digits standardised (dense) with 256 hidden units at batches of 16 1.28x
+and 0.79x, at 32 1.04x and 0.72x (float32 and float64). Wider inputs are
 left alone: on MNIST two threads were faster even at batches of 2 with 64
 hidden units (1.25x), where updating ``W1``'s 50,000 weights is shared.
-The threads' number does not change the results (see :mod:`.kernels`)."""
+The number of threads does not change the results (see :mod:`.kernels`)."""
 
 
 def aligned_empty(shape, dtype) -> np.ndarray:
@@ -434,7 +437,8 @@ class MiniBatches:
         elif is_csr(X) and not sparse:
             raise ValueError("a scipy.sparse X trains through the sparse kernels only")
         self.nonzeros = self._sparse_input(X, epochs) if sparse else network._dense
-        self.one_thread = n_x <= 64 and batch_size * n_x * n_h <= ONE_THREAD_WORK
+        madds = batch_size * n_x * n_h
+        self.one_thread = n_x <= 64 and madds <= ONE_THREAD_MADDS[np.dtype(network.dtype)]
         by_parts = kernels.reads_by_word(self.nonzeros)
         self.work = _work(batch_size, n_x, n_h, n_y, network.dtype, by_parts)
         self.X = kernel_rows(X)
@@ -462,7 +466,7 @@ class MiniBatches:
         # (numba#8578; tests/test_jit.py). Asking for the thread count
         # starts them, once per process.
         threads = numba.get_num_threads()
-        if self.one_thread:  # see ONE_THREAD_WORK; the setting is this thread's own
+        if self.one_thread:  # see ONE_THREAD_MADDS; the setting is this thread's own
             numba.set_num_threads(1)
         try:
             total, failed = kernels.train_epoch(

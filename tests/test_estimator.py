@@ -196,6 +196,7 @@ def _threads_of_each_epoch(monkeypatch):
 @pytest.mark.parametrize("sparse", [False, True])
 def test_small_batches_of_narrow_input_train_on_one_thread(digits, sparse, monkeypatch):
     X_train, _, y_train, _ = digits  # 64 features: 16 x 64 x 64 multiply-adds a batch
+    rule = engine.ONE_THREAD_MADDS
     X = scipy.sparse.csr_matrix(X_train) if sparse else X_train
     seen = _threads_of_each_epoch(monkeypatch)
     default = numba.get_num_threads()
@@ -203,14 +204,14 @@ def test_small_batches_of_narrow_input_train_on_one_thread(digits, sparse, monke
     assert seen == [1, 1, 1]
     assert numba.get_num_threads() == default  # the caller's setting, back
     # On two threads (the rule off), the same weights, bit for bit.
-    monkeypatch.setattr(engine, "ONE_THREAD_WORK", 0)
+    monkeypatch.setattr(engine, "ONE_THREAD_MADDS", dict.fromkeys(rule, 0))
     seen.clear()
     two = FastMLPClassifier(batch_size=16, max_iter=3, random_state=0).fit(X, y_train)
     assert seen == [default] * 3
     for a, b in zip(small.coefs_ + small.intercepts_, two.coefs_ + two.intercepts_, strict=True):
         np.testing.assert_array_equal(a, b)
     # Larger batches, and wider inputs, keep the caller's threads.
-    monkeypatch.setattr(engine, "ONE_THREAD_WORK", 1 << 19)
+    monkeypatch.setattr(engine, "ONE_THREAD_MADDS", rule)
     seen.clear()
     FastMLPClassifier(batch_size=200, max_iter=1, random_state=0).fit(X, y_train)
     wide = np.hstack([X_train, X_train])
