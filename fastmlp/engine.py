@@ -35,26 +35,33 @@ rows cost 0.55 ms (float64: 0.21 against 0.84 ms)."""
 PREDICT_CHUNK = 4096
 """Examples per forward pass when predicting, to bound the buffers' size."""
 
+ONE_THREAD_WEIGHTS = 1 << 14
 ONE_THREAD_MADDS = {np.dtype(np.float32): 1 << 19, np.dtype(np.float64): 1 << 17}
-"""A batch of an input with at most 64 features whose first layer costs at
-most this many multiply-adds (examples x features x hidden units) trains on
-one thread: the threads meet at every parallel loop of every batch, and
-such a batch has too little work for two to share. With 64 features or
-fewer, the sparse first layer and its gradient are summed by one thread
-anyway (the mask's parts are whole words of 64), and the updates of ``W1``
-are small. A multiply-add in float64 takes longer, so fewer of them pay for
-the second thread. Measured with FastMLPClassifier's Adam, one thread
-against two taking turns in one process (the Intel machine of the README,
-medians of 6 to 8 pairs of fits): scikit-learn's digits (64 features, half
-of them zero) with 64 hidden units at batches of 16 and 32 1.28x and 1.19x
-faster on one thread in float64; at 64 1.28x in float32 and 1.07x in
-float64; at 128 1.00x and 0.97x. 20 features of ``make_classification``
-with 64 hidden units at batches of 32 1.25x in float64, at 128 1.08x and
-0.94x (float32 and float64), at 200 1.01x and 0.84x; the
-digits standardised (dense) with 256 hidden units at batches of 16 1.28x
-and 0.79x, at 32 1.04x and 0.72x (float32 and float64). Wider inputs are
-left alone: on MNIST two threads were faster even at batches of 2 with 64
-hidden units (1.25x), where updating ``W1``'s 50,000 weights is shared.
+"""Small batches train on one thread: those whose ``W1`` has at most
+:data:`ONE_THREAD_WEIGHTS` weights and whose first layer costs at most
+this many multiply-adds (examples x features x hidden units), unless the
+input is sparse and wider than 64 features. The threads meet at every
+parallel loop of every batch, about 10 us a batch on this project's
+machine, and such a batch has too little work for two to share; a large
+``W1`` (its gradient, penalty and update) shares well at any batch size. A
+sparse input wider than 64 features is marked and summed by parts of its
+features, one per thread, which shares well too (MNIST with 16 and 20
+hidden units on one thread: 0.88x and 0.87x as fast at batches of 32 and
+16 in float32). A multiply-add in float64 takes longer, so fewer of them
+pay for the second thread.
+
+Measured with FastMLPClassifier's Adam, this rule against two threads
+taking turns in one process (the Intel machine of the README, medians of 6
+pairs of fits of 5 epochs, 64 hidden units, float32 and float64): scikit-
+learn's digits (64 features, half of them zero) at batches of 16 1.49x and
+1.32x faster, at 64 1.18x (float32); 20 dense features of
+``make_classification`` at batches of 16 1.66x and 1.45x, at 64 1.23x and
+1.19x, at 200 1.03x (float32); 100 features at 16 1.55x and 1.19x, at 64
+1.01x (float32); 256 features at 16 1.22x (float32). Where it leaves two
+threads, two were faster: 20 features at batches of 200 in float64 (one
+thread 0.84x as fast), 100 at 64 in float64 (0.77x), 256 at 16 in float64
+(0.79x), the digits standardised with 256 hidden units at 16 in float64
+(0.79x); MNIST with 64 hidden units even at batches of 2 (0.80x).
 The number of threads does not change the results (see :mod:`.kernels`)."""
 
 
@@ -437,9 +444,12 @@ class MiniBatches:
         elif is_csr(X) and not sparse:
             raise ValueError("a scipy.sparse X trains through the sparse kernels only")
         self.nonzeros = self._sparse_input(X, epochs) if sparse else network._dense
-        madds = batch_size * n_x * n_h
-        self.one_thread = n_x <= 64 and madds <= ONE_THREAD_MADDS[np.dtype(network.dtype)]
         by_parts = kernels.reads_by_word(self.nonzeros)
+        self.one_thread = (
+            not (by_parts and n_x > 64)  # the mask's parts of the features are one per thread
+            and n_x * n_h <= ONE_THREAD_WEIGHTS
+            and batch_size * n_x * n_h <= ONE_THREAD_MADDS[np.dtype(network.dtype)]
+        )
         self.work = _work(batch_size, n_x, n_h, n_y, network.dtype, by_parts)
         self.X = kernel_rows(X)
 

@@ -194,7 +194,7 @@ def _threads_of_each_epoch(monkeypatch):
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two threads")
 @pytest.mark.parametrize("sparse", [False, True])
-def test_small_batches_of_narrow_input_train_on_one_thread(digits, sparse, monkeypatch):
+def test_small_batches_train_on_one_thread(digits, sparse, monkeypatch):
     X_train, _, y_train, _ = digits  # 64 features: 16 x 64 x 64 multiply-adds a batch
     rule = engine.ONE_THREAD_MADDS
     X = scipy.sparse.csr_matrix(X_train) if sparse else X_train
@@ -210,13 +210,16 @@ def test_small_batches_of_narrow_input_train_on_one_thread(digits, sparse, monke
     assert seen == [default] * 3
     for a, b in zip(small.coefs_ + small.intercepts_, two.coefs_ + two.intercepts_, strict=True):
         np.testing.assert_array_equal(a, b)
-    # Larger batches, and wider inputs, keep the caller's threads.
+    # Larger batches, a larger W1, and sparse inputs read by parts keep the
+    # caller's threads; a dense input as wide, with a small W1, does not.
     monkeypatch.setattr(engine, "ONE_THREAD_MADDS", rule)
     seen.clear()
     FastMLPClassifier(batch_size=200, max_iter=1, random_state=0).fit(X, y_train)
-    wide = np.hstack([X_train, X_train])
+    FastMLPClassifier((512,), batch_size=4, max_iter=1, random_state=0).fit(X, y_train)
+    wide = np.hstack([X_train, X_train])  # 128 features, half of them zero
     FastMLPClassifier(batch_size=16, max_iter=1, random_state=0).fit(wide, y_train)
-    assert seen == [default, default]
+    FastMLPClassifier(batch_size=16, max_iter=1, random_state=0).fit(wide + 1, y_train)
+    assert seen == [default, default, default, 1]
 
 
 def test_the_thread_count_is_restored_when_an_epoch_fails(digits, monkeypatch):
