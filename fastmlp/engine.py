@@ -14,16 +14,23 @@ import numpy as np
 
 from . import kernels
 
-SPARSE_BELOW_DENSITY = 0.75
+SPARSE_BELOW_DENSITY = {np.dtype(np.float32): 0.45, np.dtype(np.float64): 0.75}
 """Inputs with a smaller fraction of nonzeros go through the sparse kernels.
 
-Measured (benchmarks/bench_kernels.py, groups "first-layer density", random
-784-feature inputs, float64, 2 threads): a full-batch step on 2,000 examples
-takes the sparse path 2.7 ms at 20 % nonzeros against 11.3 ms dense, 8.4 ms
-against 10.7 ms at 75 % and 10.6 ms against 10.8 ms at 100 %; an epoch of
-batches of 64 over 10,000 examples takes 41 ms against 68 ms at 20 %, 63 ms
-against 67 ms at 75 % and 74 ms against 68 ms at 100 %. MNIST has 19 %
-nonzeros, scikit-learn's digits 51 %."""
+Measured with the dense first layer four examples at a time (random
+784-feature inputs, 64 hidden units, 2 threads, the Intel machine of the
+README; ``benchmarks/bench_kernels.py``'s groups "first-layer density" time
+float64): in float32 the dense path is the faster from 45% nonzeros on, a
+full-batch step on 2,000 examples taking 1.47 ms against 1.33 ms sparse at
+40%, 1.59 ms at 50% and 2.22 ms at 75%, and an epoch of batches of 64 over
+10,000 examples 11.8 ms against 13.0 ms sparse at 50% and 16.4 ms at 100%.
+In float64 the full-batch step is faster dense from about 63% (3.57 ms
+against 3.36 ms sparse at 60%, 4.31 ms at 75%), but the epoch of batches
+of 64 is faster sparse even at 100% (22.4 ms against 24.1 ms; 21.2 against
+24.0 ms at 75%): 75% is kept for both. Before the four examples, the
+dense path took 10.7-11.3 ms a float64 full-batch step and 67-68 ms an
+epoch, and 75% was the crossover of both. MNIST has 19% nonzeros,
+scikit-learn's digits 51%."""
 
 DENSITY_SAMPLE = 256
 """Rows (evenly spaced) whose nonzeros decide between the sparse and dense
@@ -140,7 +147,8 @@ def is_sparse(X) -> bool:
         return True
     sample = X[:: max(1, len(X) // DENSITY_SAMPLE)]
     # On a strided view np.count_nonzero takes a slow path (3x slower than this).
-    return int((sample != 0).sum()) < SPARSE_BELOW_DENSITY * sample.size
+    threshold = SPARSE_BELOW_DENSITY[np.dtype(X.dtype)]
+    return int((sample != 0).sum()) < threshold * sample.size
 
 
 class Optimizer:

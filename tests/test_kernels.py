@@ -209,6 +209,9 @@ def test_is_sparse_decides_by_density(rng):
     assert engine.is_sparse(sparse_data(rng, 300, 50, 2, np.float64, density=0.3)[0])
     assert not engine.is_sparse(np.ones((300, 50)))
     assert not engine.is_sparse(sparse_data(rng, 5000, 8, 2, np.float32, density=0.9)[0])
+    # float32's dense first layer is the faster from a lower density
+    X = sparse_data(rng, 2000, 40, 2, np.float64, density=0.6)[0]
+    assert engine.is_sparse(X) and not engine.is_sparse(X.astype(np.float32))
 
 
 # ---- forward and backward ----------------------------------------------------
@@ -246,11 +249,28 @@ def test_first_layer_by_parts_depends_on_the_example_alone(rng, dtype, n_x):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_h", [64, 100])
+def test_dense_first_layer_sums_every_example_alike(rng, dtype, n_h):
+    # Dense examples go four at a time, the rest of a chunk one by one, in
+    # the same order of sums: an example's output is the same wherever it is.
+    m, n_x, n_y = 23, 70, 3
+    X = rng.normal(size=(m, n_x)).astype(dtype)
+    params = make_network(rng, n_x, n_h, n_y, dtype)
+    net = engine.FastNetwork(engine.flatten_params(*params), n_x, n_h, n_y, "tanh")
+    together = net.output(X)
+    for r in range(m):
+        np.testing.assert_array_equal(net.output(X[r : r + 1])[0], together[r])
+    _, A1_ref, _, A2_ref = reference.forward(*params, X.T, "tanh")
+    assert_close(together, A2_ref.T)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("n_y", [10, 1], ids=["softmax", "logistic-output"])
-def test_forward_and_backward_match_reference(rng, dtype, activation, form, n_y):
-    m, n_x, n_h, l2 = 203, 157, 24, 0.3  # n_x: three mask words, the last partial
+@pytest.mark.parametrize("n_h", [24, 100])  # below HIDDEN_BLOCK; one block and the rest
+def test_forward_and_backward_match_reference(rng, dtype, activation, form, n_y, n_h):
+    m, n_x, l2 = 203, 157, 0.3  # n_x: three mask words, the last partial
     X, y = sparse_data(rng, m, n_x, max(n_y, 2), dtype)
     params = make_network(rng, n_x, n_h, n_y, dtype)
     W1, b1, W2, b2 = kernel_layout(*params)
@@ -340,7 +360,7 @@ def test_transposing_bits_turns_the_matrix_around(rng):
 
 
 @pytest.mark.parametrize("n_h", [24, 200, 1100], ids=["64-features", "16-features", "2-features"])
-@pytest.mark.parametrize("form", ["mask", "listed"])
+@pytest.mark.parametrize("form", ["mask", "listed", "dense"])
 @pytest.mark.parametrize("m", [37, 150], ids=["one-group", "three-groups"])
 def test_mini_batch_gradient_matches_reference_for_every_block_size(rng, n_h, form, m):
     """Every block size of dW1, hidden layers narrower and wider than
