@@ -40,7 +40,9 @@ class FastMLPClassifier(ClassifierMixin, BaseEstimator):
     ``X`` may be a scipy.sparse matrix or array, in any format: its nonzeros
     are listed once and the kernels read only them, so a wide sparse input
     (text features, say) is never made dense. It trains to the same weights
-    as its dense form (bitwise with "adam" and "sgd"). The list holds each
+    as its dense form (bitwise with "adam" and "sgd" where the dense form
+    goes through the sparse kernels too, see
+    :data:`fastmlp.engine.SPARSE_BELOW_DENSITY`; else to rounding). The list holds each
     nonzero's value and feature number, and where every run of 64 features
     starts in every sample: ``n_samples * n_features / 8`` bytes (6.3 MB for
     1,000 samples of 50,000 features; predictions list 4,096 samples at a

@@ -260,6 +260,19 @@ def test_sparse_input_trains_as_its_dense_form(digits, solver, monkeypatch):
     assert_same_weights()
 
 
+def test_sparse_input_trains_as_a_dense_form_read_densely(digits):
+    # In float32 the digits (51% nonzeros) go through the dense kernels, which
+    # add the zeros too: the same weights to rounding.
+    X_train, _, y_train, _ = digits
+    X = X_train.astype(np.float32)
+    assert not engine.is_sparse(X)
+    dense = FastMLPClassifier(max_iter=5, random_state=0).fit(X, y_train)
+    sparse = FastMLPClassifier(max_iter=5, random_state=0).fit(scipy.sparse.csr_matrix(X), y_train)
+    ours, expected = sparse.coefs_ + sparse.intercepts_, dense.coefs_ + dense.intercepts_
+    for a, b in zip(ours, expected, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_sparse_input_with_early_stopping_and_sample_weights(digits):
     X_train, _, y_train, _ = digits
     weights = np.random.default_rng(0).integers(0, 3, len(y_train)).astype(float)
