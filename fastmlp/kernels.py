@@ -401,10 +401,13 @@ def _add_rows(out, weights, M):
 
 
 HIDDEN_BLOCK = 64
-"""The hidden units that the sums over sparse rows (:func:`_add_selected_rows`
-and the two after it) add at once. A constant, so that LLVM unrolls the
-loop over them and keeps their sums in registers across all the rows,
-instead of loading and storing them for every few rows (64 float32 fill
+"""The hidden units that the sums over rows add at once: over an example's
+or a feature's nonzeros (:func:`_add_selected_rows`, :func:`_add_listed_rows`,
+:func:`_add_marked_rows`) and, four at a time, over a dense input's
+(:func:`_add_dense_rows_by_four`, :func:`_add_dense_columns_by_four`). A
+constant, so that LLVM unrolls the loop over them and keeps their sums in
+registers across all the rows, instead of loading and storing them for
+every few rows (64 float32 fill
 four of AVX-512's 32 registers, 64 float64 eight). Against eight rows per
 pass into ``out`` in memory, on one thread with MNIST's digits: a full
 batch's first layer 1.14x (float32) and 1.3x (float64) faster, its sum
@@ -413,15 +416,16 @@ to use them (see :func:`_first_layer_parts` and :func:`backward`), W2
 1.12x and 1.3x faster, W3 1.03x-1.23x, W1 1.04x-1.22x (alternating
 processes, two threads).
 
-Each of the four writes its loops out, and they differ only in how a row's
-weight and number are found: with the block's step in a helper kernel (and
+Each writes its loops out, and they differ only in how a row's weight and
+number are found: with the block's step in a helper kernel (and
 a slice of ``out`` for the rest), Numba compiled it as a call that counts
 references to the arrays passed, and the sums went back to memory.
 
 The hidden units after the last whole block, whose sums go through memory
-in any case, are added row by row by :func:`_add_scaled`, on slices that
-start at the first of them. A loop indexed from there (``range(h0, n_h)``),
-an index Numba cannot prove non-negative, compiled to scalar code: a hidden
+in any case, are added row by row by :func:`_add_scaled` (the dense sums:
+four at once, in one loop), on slices that start at the first of them. A
+loop indexed from there (``range(h0, n_h)``), an index Numba cannot prove
+non-negative, compiled to scalar code: a hidden
 layer of 32, 96 or 100 units (scikit-learn's default) summed 3x-6x slower
 than one of 64 or 128 (a full batch's first layer of 2,000 digits in
 float32: 32 units 6.1 ms against 1.0 ms now, 100 units 8.2 against 2.9 ms;
