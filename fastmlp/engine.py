@@ -59,17 +59,19 @@ pay for the second thread.
 
 Measured with FastMLPClassifier's Adam, this rule against two threads
 taking turns in one process (the Intel machine of the README, medians of 6
-pairs of fits of 5 epochs, 64 hidden units, float32 and float64): scikit-
-learn's digits (64 features, half of them zero) at batches of 16 1.49x and
-1.32x faster, at 64 1.18x (float32); 20 dense features of
-``make_classification`` at batches of 16 1.66x and 1.45x, at 64 1.23x and
-1.19x, at 200 1.03x (float32); 100 features at 16 1.55x and 1.19x, at 64
-1.01x (float32); 256 features at 16 1.22x (float32). Where it leaves two
-threads, two were faster: 20 features at batches of 200 in float64 (one
-thread 0.84x as fast), 100 at 64 in float64 (0.77x), 256 at 16 in float64
-(0.79x), the digits standardised with 256 hidden units at 16 in float64
-(0.79x); MNIST with 64 hidden units even at batches of 2 (0.80x).
-The number of threads does not change the results (see :mod:`.kernels`)."""
+pairs of fits of 5 epochs, 64 hidden units, float32 and float64, with the
+dense first layer four examples at a time): scikit-learn's digits (64
+features, half of them zero) at batches of 16 1.70x and 1.30x faster, at
+64 1.23x (float32); 20 dense features of ``make_classification`` at
+batches of 16 1.73x and 1.50x, at 64 1.25x and 1.21x, at 200 1.01x
+(float32); 100 features at 16 1.78x and 1.33x, at 64 1.22x (float32); 256
+features at 16 1.74x (float32). Where it leaves two threads, two were
+faster (measured before the four examples): 20 features at batches of 200
+in float64 (one thread 0.84x as fast), 100 at 64 in float64 (0.77x), 256
+at 16 in float64 (0.79x), the digits standardised with 256 hidden units at
+16 in float64 (0.79x); MNIST with 64 hidden units even at batches of 2
+(0.80x). The number of threads does not change the results (see
+:mod:`.kernels`)."""
 
 
 def aligned_empty(shape, dtype) -> np.ndarray:
