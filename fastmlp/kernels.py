@@ -1319,10 +1319,11 @@ def backward(
                     dW1[k], dW1[k + 1], dW1[k + 2], dW1[k + 3], X, rows, k, A1
                 )
                 first += 4
-            for r in range(m):
-                x, dz1 = X[rows[r]], A1[r]
-                for k in range(first, k1):
-                    _add_scaled(dW1[k], x[k], dz1)
+            if first < k1:  # only the last block, if short, can leave features over
+                for r in range(m):
+                    x, dz1 = X[rows[r]], A1[r]
+                    for k in range(first, k1):
+                        _add_scaled(dW1[k], x[k], dz1)
         if l2 > 0:
             for k in range(k0, k1):
                 _add_scaled(dW1[k], penalty, W1[k])
