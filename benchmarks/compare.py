@@ -14,7 +14,7 @@ first pair that only fills the two caches is not counted.
 Besides W1 to W3, ``fit`` times FastMLPClassifier's fit at the settings of
 ``bench_estimator.py``'s first benchmark: Adam, 8,000 MNIST digits, hidden
 64, batches of 200, 20 epochs, after a rest (``workloads.IDLE``); ``fit:32``
-the same at batches of 32.
+the same at batches of 32, ``fit:200:100`` with 100 hidden units.
 
 Prints, for each workload and dtype, each version's median time and the
 median over pairs of base time / new time: above 1 means the working tree is
@@ -44,7 +44,7 @@ import numpy as np
 import fastmlp
 from report import core_to_core_ns
 from workloads import (
-    ESTIMATOR_EPOCHS, ESTIMATOR_EXAMPLES, WORKLOADS, estimator_batch_size, fit_estimator,
+    ESTIMATOR_EPOCHS, ESTIMATOR_EXAMPLES, WORKLOADS, estimator_case, fit_estimator,
     load_data, rest, run, warm_up, warm_up_estimator,
 )
 
@@ -54,14 +54,17 @@ times, latency = {{}}, []
 for dtype in {dtypes!r}:
     warm_up(np.dtype(dtype))
     for name in {workloads!r}:
-        batch_size = estimator_batch_size(name)
-        if batch_size is not None:
+        case = estimator_case(name)
+        if case is not None:
+            batch_size, hidden = case
             X, y, _ = load_data(ESTIMATOR_EXAMPLES, dtype)
-            warm_up_estimator(X, y, batch_size)
+            warm_up_estimator(X, y, batch_size, hidden=hidden)
             latency.append(core_to_core_ns(rounds=20_000))
             rest()
             start = time.perf_counter()
-            fit_estimator(X, y, max(1, round(ESTIMATOR_EPOCHS * {scale!r})), batch_size)
+            fit_estimator(
+                X, y, max(1, round(ESTIMATOR_EPOCHS * {scale!r})), batch_size, hidden=hidden
+            )
             times[f"{{name}} {{dtype}}"] = time.perf_counter() - start
             continue
         workload = WORKLOADS[name].scaled({scale!r})
@@ -154,12 +157,14 @@ def main() -> None:
     parser.add_argument("--workloads", default="W1,W2")
     parser.add_argument("--dtypes", default="float64,float32")
     args = parser.parse_args()
-    from workloads import WORKLOADS, estimator_batch_size
+    from workloads import WORKLOADS, estimator_case
 
     names = args.workloads.split(",")
-    unknown = [n for n in names if n not in WORKLOADS and estimator_batch_size(n) is None]
+    unknown = [n for n in names if n not in WORKLOADS and estimator_case(n) is None]
     if unknown:  # before any process starts
-        parser.error(f"--workloads: {', '.join(unknown)}? (W1, W2, W3, fit, fit:BATCH)")
+        parser.error(
+            f"--workloads: {', '.join(unknown)}? (W1, W2, W3, fit, fit:BATCH, fit:BATCH:HIDDEN)"
+        )
     rows, latency = compare(args.base, args.pairs, names, args.dtypes.split(","))
     print(f"{args.base} against the working tree, {args.pairs} pairs of processes:")
     for row in rows:

@@ -3,8 +3,8 @@
     python benchmarks/hotspots.py [--workload W1] [--dtype float32] [--seconds 6] [--top 25]
 
 ``--workload`` is W1, W2 or W3, or ``fit`` for FastMLPClassifier's Adam fit
-at the settings of ``bench_estimator.py`` (``fit:32`` at batches of 32), as
-in ``compare.py``.
+at the settings of ``bench_estimator.py`` (``fit:32`` at batches of 32,
+``fit:200:100`` with 100 hidden units), as in ``compare.py``.
 
 Linux's ``perf`` samples where every thread of a process is (its software
 ``cpu-clock`` event works inside virtual machines, which expose no hardware
@@ -100,7 +100,9 @@ def write_map(symbols: dict[int, str], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", default="W1", help="W1, W2, W3, fit or fit:BATCH")
+    parser.add_argument(
+        "--workload", default="W1", help="W1, W2, W3, fit, fit:BATCH or fit:BATCH:HIDDEN"
+    )
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--top", type=int, default=25)
@@ -117,7 +119,7 @@ def main() -> None:
     from workloads import (
         ESTIMATOR_EXAMPLES,
         WORKLOADS,
-        estimator_batch_size,
+        estimator_case,
         fit_estimator,
         load_data,
         run,
@@ -127,15 +129,16 @@ def main() -> None:
     from fastmlp import kernels
 
     dtype = np.dtype(args.dtype).type
-    batch_size = estimator_batch_size(args.workload)
-    if batch_size is not None:
+    case = estimator_case(args.workload)
+    if case is not None:
+        batch_size, hidden = case
         X, y, _ = load_data(ESTIMATOR_EXAMPLES, dtype)
 
         def train(small=False):
             if small:
-                warm_up_estimator(X, y, batch_size)
+                warm_up_estimator(X, y, batch_size, hidden=hidden)
             else:
-                fit_estimator(X, y, batch_size=batch_size)
+                fit_estimator(X, y, batch_size=batch_size, hidden=hidden)
 
     elif args.workload in WORKLOADS:
         workload = WORKLOADS[args.workload]
@@ -145,7 +148,8 @@ def main() -> None:
             run("numba", workload.scaled(0.01) if small else workload, X, y)
 
     else:
-        parser.error(f"--workload: choose from {', '.join(sorted(WORKLOADS))}, fit or fit:BATCH")
+        choices = ", ".join(sorted(WORKLOADS))
+        parser.error(f"--workload: choose from {choices}, fit, fit:BATCH or fit:BATCH:HIDDEN")
     print(f"compiling the kernels for {args.workload} in {args.dtype} ...", flush=True)
     train(small=True)
     dispatchers = [f for f in vars(kernels).values() if isinstance(f, CPUDispatcher)]

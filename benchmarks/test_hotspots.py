@@ -52,4 +52,4 @@ def test_an_unknown_workload_is_refused_before_anything_runs(monkeypatch, capsys
     with pytest.raises(SystemExit) as exit_:
         main()
     assert exit_.value.code == 2
-    assert "choose from W1, W2, W3, fit or fit:BATCH" in capsys.readouterr().err
+    assert "choose from W1, W2, W3, fit, fit:BATCH or fit:BATCH:HIDDEN" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 
 import time
 
-from workloads import WORKLOADS, available, estimator_batch_size, load_data, run
+from workloads import WORKLOADS, available, estimator_case, load_data, run
 
 from fastmlp import reference
 
@@ -27,9 +27,11 @@ def test_every_implementation_times_drawing_its_initial_weights(monkeypatch):
 
 
 def test_estimator_cases_are_named_by_batch_size():
-    assert estimator_batch_size("fit") == 200
-    assert estimator_batch_size("fit:32") == 32
-    assert estimator_batch_size("W1") is None
-    assert estimator_batch_size("fitness") is None
-    assert estimator_batch_size("fit:") is None and estimator_batch_size("fit:0") is None
-    assert estimator_batch_size("fit:abc") is None
+    assert estimator_case("fit") == (200, 64)
+    assert estimator_case("fit:32") == (32, 64)
+    assert estimator_case("fit:200:100") == (200, 100)
+    assert estimator_case("W1") is None
+    assert estimator_case("fitness") is None
+    assert estimator_case("fit:") is None and estimator_case("fit:0") is None
+    assert estimator_case("fit:abc") is None and estimator_case("fit:32:0") is None
+    assert estimator_case("fit:32:64:1") is None

@@ -267,13 +267,15 @@ def warm_up_estimator(X, y, batch_size: int = 200, solver="adam", hidden=64) -> 
     fit_estimator(X[:300], y[:300], 1, batch_size, solver, hidden)
 
 
-def estimator_batch_size(name: str) -> int | None:
-    """The batch size of an estimator case named ``fit`` (200) or ``fit:B``
-    (``B``, a positive integer); None for any other name."""
-    head, colon, size = name.partition(":")
-    if head != "fit" or (colon and not (size.isdigit() and int(size) > 0)):
+def estimator_case(name: str) -> tuple[int, int] | None:
+    """The batch size and hidden units of an estimator case named ``fit``
+    (200 and 64), ``fit:B`` (batches of ``B``) or ``fit:B:H`` (and ``H``
+    hidden units), positive integers; None for any other name."""
+    head, *sizes = name.split(":")
+    if head != "fit" or len(sizes) > 2 or not all(s.isdigit() and int(s) > 0 for s in sizes):
         return None
-    return int(size) if colon else 200
+    batch_size, hidden = [int(s) for s in sizes] + [200, 64][len(sizes) :]
+    return batch_size, hidden
 
 
 def warm_up(dtype) -> None:
