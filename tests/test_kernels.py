@@ -249,6 +249,29 @@ def test_first_layer_by_parts_depends_on_the_example_alone(rng, dtype, n_x):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_h", [24, 64, 100, 136, 192])
+def test_sums_over_rows_add_the_rows_in_order(rng, dtype, n_h):
+    # Whatever the hidden layer's size, the sums in blocks of HIDDEN_BLOCK
+    # units are those of adding the rows one by one: a last block that
+    # overlaps the one before (100, 136 units) puts back the units it summed
+    # again, and a layer narrower than a block is summed as it goes.
+    M = rng.normal(size=(64, n_h)).astype(dtype)
+    x = rng.normal(size=64).astype(dtype)
+    start = rng.normal(size=n_h).astype(dtype)
+    rows = np.sort(rng.choice(64, 40, replace=False)).astype(np.uint16)
+    expected = start.copy()
+    for k in rows:
+        kernels._add_scaled(expected, x[k], M[k])
+    sums = {name: start.copy() for name in ("selected", "listed", "marked")}
+    kernels._add_selected_rows(sums["selected"], x, M, rows)
+    kernels._add_listed_rows(sums["listed"], x[rows], M, rows)
+    bits = np.uint64(sum(1 << int(k) for k in rows))
+    kernels._add_marked_rows(sums["marked"], x, kernels.BITS, M, bits)
+    for name, actual in sums.items():
+        np.testing.assert_array_equal(actual, expected, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n_h", [64, 100])
 def test_dense_first_layer_sums_every_example_alike(rng, dtype, n_h):
     # Dense examples go four at a time, the rest of a chunk one by one, in
