@@ -426,24 +426,27 @@ A layer that is not a whole number of blocks (scikit-learn's default of
 layer ends and so overlaps the block before: its sums of the units that
 block already summed are masked out (``out + w * m if h >= done else out``,
 which LLVM compiles to AVX-512's masked multiply-adds), so that every unit
-is still summed once, in order, in registers. Before, those units were
-added row by row in memory, and a layer of 68 or 100 units cost more than
-one of 128. Against that, in fresh processes taking turns (4-5 pairs):
-FastMLPClassifier's Adam fit on 8,000 digits with 100 hidden units 1.20x
-faster in float32 and 1.02x in float64, W1 with 100 units 1.31x and 1.11x,
-W2 1.26x and 1.00x; with 64 units, W2 and the fit 0.98x-1.04x. Saving the overlapped units on the
-stack and putting them back instead made Numba count references to every
-argument at every call (W2 0.9x).
+is still summed once, in order, in registers. The dense sums, four rows at
+once, mask the row instead (``m[h] if h >= done else 0``: those units gain
+zeros), as with four selects LLVM kept three of the four sums in memory.
+Before, those units were added row by row in memory, and a layer of 68 or
+100 units cost more than one of 128. Against that, in fresh processes
+taking turns (4-5 pairs): FastMLPClassifier's Adam fit on 8,000 digits
+with 100 hidden units 1.20x faster in float32 and 1.02x in float64, on the
+same digits standardised (dense) 1.35x and 1.26x, W1 with 100 units 1.31x
+and 1.11x, W2 1.26x and 1.00x; with 64 units 0.98x-1.04x. Saving the
+overlapped units on the stack and putting them back instead made Numba
+count references to every argument at every call (W2 0.9x).
 
-A layer narrower than a block is summed row by row by :func:`_add_scaled`,
-in memory, and so are the dense sums' units after their last whole block
-(four at once, in one loop, on slices that start at the first of them;
-masked, LLVM kept three of the four in memory). A loop indexed from there
-(``range(h0, n_h)``), an index Numba cannot prove non-negative, compiled to
-scalar code: such layers summed 3x-6x slower than one of 64 or 128 units
-(a full batch's first layer of 2,000 digits in float32: 32 units 6.1 ms
-against 1.0 ms with the slices, 100 units 8.2 against 2.9 ms; the same
-sums, bit for bit)."""
+A layer narrower than a block is summed row by row, in memory
+(:func:`_add_scaled`; the dense sums, four rows in one loop). The
+overlapping block reads each row through a slice that starts where the
+block does (``M[k, s:]``), not by an index from there (``m[s + h]``), which
+Numba cannot prove non-negative and so guards: loops indexed that way
+compiled to scalar code (the units after the last whole block, once summed
+so, made 32 or 100 units 3x-6x slower than 64 or 128: a full batch's first
+layer of 2,000 digits in float32, 32 units 6.1 ms against 1.0 ms with
+slices, 100 units 8.2 ms against 2.9 ms)."""
 
 
 @kernel(noalias=True)
@@ -494,15 +497,25 @@ def _add_dense_rows_by_four(out0, out1, out2, out3, x0, x1, x2, x3, M):
                 out2[h0 + h] += c * m[h0 + h]
                 out3[h0 + h] += d * m[h0 + h]
         h0 += HIDDEN_BLOCK
-    if h0 < n_h:
-        rest0, rest1, rest2, rest3 = out0[h0:], out1[h0:], out2[h0:], out3[h0:]
+    if n_h < HIDDEN_BLOCK:
         for k in range(x0.size):
-            a, b, c, d, m = x0[k], x1[k], x2[k], x3[k], M[k, h0:]
-            for h in range(rest0.size):
-                rest0[h] += a * m[h]
-                rest1[h] += b * m[h]
-                rest2[h] += c * m[h]
-                rest3[h] += d * m[h]
+            a, b, c, d, m = x0[k], x1[k], x2[k], x3[k], M[k]
+            for h in range(n_h):
+                out0[h] += a * m[h]
+                out1[h] += b * m[h]
+                out2[h] += c * m[h]
+                out3[h] += d * m[h]
+    elif h0 < n_h:
+        s, zero = n_h - HIDDEN_BLOCK, out0.dtype.type(0)
+        last0, last1, last2, last3, done = out0[s:], out1[s:], out2[s:], out3[s:], h0 - s
+        for k in range(x0.size):
+            a, b, c, d, m = x0[k], x1[k], x2[k], x3[k], M[k, s:]
+            for h in range(HIDDEN_BLOCK):
+                m_h = m[h] if h >= done else zero
+                last0[h] += a * m_h
+                last1[h] += b * m_h
+                last2[h] += c * m_h
+                last3[h] += d * m_h
 
 
 @kernel(noalias=True)
@@ -522,16 +535,27 @@ def _add_dense_columns_by_four(out0, out1, out2, out3, X, rows, k, M):
                 out2[h0 + h] += c * m[h0 + h]
                 out3[h0 + h] += d * m[h0 + h]
         h0 += HIDDEN_BLOCK
-    if h0 < n_h:
-        rest0, rest1, rest2, rest3 = out0[h0:], out1[h0:], out2[h0:], out3[h0:]
+    if n_h < HIDDEN_BLOCK:
         for r in range(rows.size):
-            x, m = X[rows[r]], M[r, h0:]
+            x, m = X[rows[r]], M[r]
             a, b, c, d = x[k], x[k + 1], x[k + 2], x[k + 3]
-            for h in range(rest0.size):
-                rest0[h] += a * m[h]
-                rest1[h] += b * m[h]
-                rest2[h] += c * m[h]
-                rest3[h] += d * m[h]
+            for h in range(n_h):
+                out0[h] += a * m[h]
+                out1[h] += b * m[h]
+                out2[h] += c * m[h]
+                out3[h] += d * m[h]
+    elif h0 < n_h:
+        s, zero = n_h - HIDDEN_BLOCK, out0.dtype.type(0)
+        last0, last1, last2, last3, done = out0[s:], out1[s:], out2[s:], out3[s:], h0 - s
+        for r in range(rows.size):
+            x, m = X[rows[r]], M[r, s:]
+            a, b, c, d = x[k], x[k + 1], x[k + 2], x[k + 3]
+            for h in range(HIDDEN_BLOCK):
+                m_h = m[h] if h >= done else zero
+                last0[h] += a * m_h
+                last1[h] += b * m_h
+                last2[h] += c * m_h
+                last3[h] += d * m_h
 
 
 @kernel(noalias=True)

@@ -253,8 +253,9 @@ def test_first_layer_by_parts_depends_on_the_example_alone(rng, dtype, n_x):
 def test_sums_over_rows_add_the_rows_in_order(rng, dtype, n_h):
     # Whatever the hidden layer's size, the sums in blocks of HIDDEN_BLOCK
     # units are those of adding the rows one by one: a last block that
-    # overlaps the one before (100, 136 units) puts back the units it summed
-    # again, and a layer narrower than a block is summed as it goes.
+    # overlaps the one before (100, 136 units) leaves the units that block
+    # summed as they were, and a layer narrower than a block is summed as it
+    # goes.
     M = rng.normal(size=(64, n_h)).astype(dtype)
     x = rng.normal(size=64).astype(dtype)
     start = rng.normal(size=n_h).astype(dtype)
@@ -269,6 +270,19 @@ def test_sums_over_rows_add_the_rows_in_order(rng, dtype, n_h):
     kernels._add_marked_rows(sums["marked"], x, kernels.BITS, M, bits)
     for name, actual in sums.items():
         np.testing.assert_array_equal(actual, expected, err_msg=name)
+
+    # The dense sums, four rows of X (examples) or four columns (features) at once.
+    X = rng.normal(size=(64, 4)).astype(dtype)
+    by_rows = [start.copy() for _ in range(4)]
+    kernels._add_dense_rows_by_four(*by_rows, *X.T.copy(), M)
+    by_columns = [start.copy() for _ in range(4)]
+    kernels._add_dense_columns_by_four(*by_columns, X, np.arange(64), 0, M)
+    for e in range(4):
+        expected = start.copy()
+        for k in range(64):
+            kernels._add_scaled(expected, X[k, e], M[k])
+        np.testing.assert_array_equal(by_rows[e], expected, err_msg="dense rows")
+        np.testing.assert_array_equal(by_columns[e], expected, err_msg="dense columns")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
