@@ -26,7 +26,7 @@ def test_every_implementation_times_drawing_its_initial_weights(monkeypatch):
         assert run(implementation, workload, X, y).seconds >= pause, implementation
 
 
-def test_estimator_cases_are_named_by_batch_size():
+def test_estimator_cases_are_named_by_batch_size_and_hidden_units():
     assert estimator_case("fit") == (200, 64)
     assert estimator_case("fit:32") == (32, 64)
     assert estimator_case("fit:200:100") == (200, 100)
