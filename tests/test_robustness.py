@@ -21,7 +21,7 @@ from _support import (
     loss_function,
     sparse_data,
 )
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import fastmlp
@@ -426,19 +426,20 @@ def small_networks(draw):
 
 
 def network_problem(network, l2):
-    """Data, parameters and the loss function of a drawn small network."""
+    """Data, parameters and the loss function of a drawn small network:
+    ``X, theta, f, activation``."""
     m, n_x, n_h, n_y, activation, seed = network
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(m, n_x))
     y = rng.integers(0, max(n_y, 2), m)
     theta = rng.normal(0, 0.5, n_x * n_h + n_h + n_y * n_h + n_y)
-    return theta, loss_function(X, y, n_h, n_y, activation, l2), activation
+    return X, theta, loss_function(X, y, n_h, n_y, activation, l2), activation
 
 
 @FAST
 @given(small_networks())
 def test_property_gradient_matches_finite_differences(network):
-    theta, f, activation = network_problem(network, l2=0.3)
+    _, theta, f, activation = network_problem(network, l2=0.3)
     _, grads = f(theta)
     h = 1e-6
     for i in range(theta.size):
@@ -454,7 +455,7 @@ def test_property_gradient_matches_finite_differences(network):
 @given(small_networks(), st.sampled_from(["sgd", "momentum", "adam"]))
 def test_property_every_solver_steps_downhill(network, solver):
     """A small step of each update rule changes the loss as the gradient predicts."""
-    theta, f, _ = network_problem(network, l2=0.0)
+    X, theta, f, activation = network_problem(network, l2=0.0)
     loss, grads = f(theta)
     if np.linalg.norm(grads) < 1e-6:
         return
@@ -471,6 +472,16 @@ def test_property_every_solver_steps_downhill(network, solver):
     step = moved - theta
     predicted = float(grads @ step)  # first-order change of the loss
     assert predicted < 0
+    if activation == "relu":
+        # A step that turns a hidden unit of an example on or off crosses a
+        # kink of the loss, beyond which the first-order change does not hold.
+        n_x, n_h, n_y = network[1:4]
+
+        def hidden_on(t):
+            W1, b1, _, _ = kernels.unpack(t, n_x, n_h, n_y)
+            return X @ W1 + b1 > 0
+
+        assume(np.array_equal(hidden_on(theta), hidden_on(moved)))
     assert f(moved)[0] - loss == pytest.approx(predicted, rel=0.05, abs=1e-9)
 
 
