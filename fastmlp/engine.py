@@ -27,7 +27,7 @@ full-batch step on 2,000 examples taking 1.47 ms against 1.33 ms sparse at
 In float64 the full-batch step is faster dense from about 63% (3.57 ms
 against 3.36 ms sparse at 60%, 4.31 ms at 75%), but the epoch of batches
 of 64 is faster sparse even at 100% (22.4 ms against 24.1 ms; 21.2 against
-24.0 ms at 75%): 75% is kept for both. Before the four examples, the
+24.0 ms at 75%): float64 keeps 75% for both. Before the four examples, the
 dense path took 10.7-11.3 ms a float64 full-batch step and 67-68 ms an
 epoch, and 75% was the crossover of both. MNIST has 19% nonzeros,
 scikit-learn's digits 51%."""
