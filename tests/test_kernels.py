@@ -286,6 +286,25 @@ def test_sums_over_rows_add_the_rows_in_order(rng, dtype, n_h):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_h", [24, 64, 100, 136, 192])
+def test_scatter_adds_each_row_and_nothing_past_it(rng, dtype, n_h):
+    # The last block of a row that is not a whole number of blocks runs past
+    # the row's end; its masked loads and stores must leave the next row (here
+    # the one after the last row given, a guard) as it was.
+    grid = rng.normal(size=(33, n_h)).astype(dtype)
+    out, guard = grid[:32], grid[32].copy()
+    rows = np.array([0, 5, 6, 30, 31], dtype=np.int32)
+    weights = rng.normal(size=rows.size).astype(dtype)
+    v = rng.normal(size=n_h).astype(dtype)
+    expected = out.copy()
+    for x, k in zip(weights, rows, strict=True):
+        kernels._add_scaled(expected[k], x, v)
+    kernels._scatter_row(out, weights, rows, v)
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(grid[32], guard)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n_h", [64, 100])
 def test_dense_first_layer_sums_every_example_alike(rng, dtype, n_h):
     # Dense examples go four at a time, the rest of a chunk one by one, in
