@@ -249,11 +249,12 @@ def test_first_layer_by_parts_depends_on_the_example_alone(rng, dtype, n_x):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n_h", [24, 64, 100, 136, 192])
+@pytest.mark.parametrize("n_h", [24, 48, 64, 100, 136, 192])
 def test_sums_over_rows_add_the_rows_in_order(rng, dtype, n_h):
     # Whatever the hidden layer's size, the sums in blocks of HIDDEN_BLOCK
-    # units are those of adding the rows one by one: a last block that
-    # overlaps the one before (100, 136 units) leaves the units that block
+    # units (or _by_four_block's, 32 float64 units for the dense sums) are
+    # those of adding the rows one by one: a last block that overlaps the one
+    # before (48 dense float64 units, 100, 136) leaves the units that block
     # summed as they were, and a layer narrower than a block is summed as it
     # goes.
     M = rng.normal(size=(64, n_h)).astype(dtype)
