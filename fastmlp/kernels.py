@@ -484,11 +484,12 @@ def _by_four_block(typingctx, like):
     constant for the dtype of the array ``like``: 256 bytes of each sum (64
     float32, 32 float64), so that the four sums take 16 of AVX-512's 32
     registers. With :data:`HIDDEN_BLOCK` in float64 they took all 32, and
-    LLVM kept three of the four sums in memory (read in the assembly):
+    LLVM kept three of the four sums in memory (read in the assembly).
     FastMLPClassifier's Adam fit on the digits standardised (dense), 5
-    epochs, fresh processes in turns, 4 pairs, ran 1.36x faster at 64 hidden
-    units and 1.22x at 100 with blocks of 32; in float32 blocks of 32 were
-    0.93x and 0.89x. The sums are the same whatever the block."""
+    epochs, fresh processes in turns, 5 pairs, with blocks of 32 in float64:
+    1.50x faster at 32 hidden units, 1.53x at 48, 1.38x at 64 and 1.19x at
+    100; in float32 blocks of 32 were 0.93x and 0.89x at 64 and 100 units (4
+    pairs). The sums are the same whatever the block."""
     block = 256 // (like.dtype.bitwidth // 8)
 
     def codegen(context, builder, signature, args):
@@ -503,10 +504,11 @@ def _add_dense_rows_by_four(out0, out1, out2, out3, x0, x1, x2, x3, M):
     each row of ``M`` (of ``W1``) is read once for the four instead of once
     for each, by blocks of hidden units summed in registers
     (:func:`_by_four_block`), the rows added in order (so an example's sums
-    are those of :func:`_add_scaled` row by row). Against :func:`_add_rows` an example
-    at a time, a batch of 200 examples of 500 dense features with 64
-    hidden units, two threads: 37 against 123 us in float32, 103 against
-    217 us in float64 (two examples at a time: 50 and 96 us)."""
+    are those of :func:`_add_scaled` row by row). Against :func:`_add_rows`
+    an example at a time, a batch of 200 examples of 500 dense features
+    with 64 hidden units, two threads, in blocks of 64 units: 37 against
+    123 us in float32, 103 against 217 us in float64 (two examples at a
+    time: 50 and 96 us)."""
     n_h, h0, block = out0.size, 0, _by_four_block(out0)
     while h0 + block <= n_h:
         for k in range(x0.size):
@@ -669,7 +671,7 @@ def _scatter_row(out, weights, rows, v):
     fit,fit:32,fit:200:100``, 6 pairs): FastMLPClassifier's Adam fit with
     100 hidden units 1.08x faster in float32 and 1.01x in float64, with 64
     units 1.01x-1.02x. A layer narrower than a block still adds whole rows:
-    there the masked block alone was 0.92x-0.98x (32 units, 6 pairs)."""
+    there the masked block alone was 0.92x-0.98x (24 and 32 units, 4 pairs)."""
     n_h, h0 = v.size, 0
     while h0 + HIDDEN_BLOCK <= n_h:
         u = v[h0:]
