@@ -45,7 +45,7 @@ from typing import NamedTuple
 
 import numpy as np
 from llvmlite import ir
-from numba import get_thread_id, prange, types
+from numba import get_thread_id, literally, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -478,38 +478,61 @@ def _add_selected_rows(out, x, M, columns):
 
 
 @intrinsic
-def _by_four_block(typingctx, like):
+def _by_four_block(typingctx, like, sum_bytes):
     """The hidden units that the dense sums four at a time add at once
-    (:func:`_add_dense_rows_by_four`, :func:`_add_dense_columns_by_four`), a
-    constant for the dtype of the array ``like``: 256 bytes of each sum (64
-    float32, 32 float64), so that the four sums take 16 of AVX-512's 32
-    registers. With :data:`HIDDEN_BLOCK` in float64 they took all 32, and
-    LLVM kept three of the four sums in memory (read in the assembly).
-    FastMLPClassifier's Adam fit on the digits standardised (dense), 5
-    epochs, fresh processes in turns, 5 pairs, with blocks of 32 in float64:
-    1.50x faster at 32 hidden units, 1.53x at 48, 1.38x at 64 and 1.19x at
-    100; in float32 blocks of 32 were 0.93x and 0.89x at 64 and 100 units (4
+    (:func:`_add_dense_rows_by_four`, :func:`_add_dense_columns_by_four`):
+    ``sum_bytes`` of each sum in the dtype of the array ``like``, a constant,
+    so that LLVM keeps the sums in registers. ``sum_bytes`` must be a literal
+    (the kernels ask Numba for one with ``literally``: a version per value).
+
+    256 bytes (64 float32 units, 32 float64) lets the four sums take 16 of
+    AVX-512's 32 registers. With :data:`HIDDEN_BLOCK` in float64 they took
+    all 32, and LLVM kept three of the four sums in memory (read in the
+    assembly). FastMLPClassifier's Adam fit on the digits standardised
+    (dense), 5 epochs, fresh processes in turns, 5 pairs, with blocks of 32
+    in float64: 1.50x faster at 32 hidden units, 1.53x at 48, 1.38x at 64 and
+    1.19x at 100; in float32 blocks of 32 were 0.93x and 0.89x at 64 and 100
+    units (4 pairs).
+
+    A layer of 128 to 255 bytes (32 to 63 float32 units, 16 to 31 float64)
+    goes in blocks of 128 bytes (:func:`_half_blocks`), so its sums too stay
+    in registers instead of memory. The same fits, 5 pairs: float32 1.93x
+    faster at 32 units and 1.85x at 48, float64 1.72x at 16 and 1.78x at
+    24; other sizes 0.98x-1.01x. Below 128 bytes the sums stay in memory as
+    before: given blocks of 128 bytes there, LLVM compiled that loop for
+    fewer units at a time, and 24 float32 units ran 0.69x as fast (4
     pairs). The sums are the same whatever the block."""
-    block = 256 // (like.dtype.bitwidth // 8)
+    if not isinstance(sum_bytes, types.IntegerLiteral):
+        return None  # Numba types the kernel again with the literal
+    block = sum_bytes.literal_value // (like.dtype.bitwidth // 8)
 
     def codegen(context, builder, signature, args):
         return context.get_constant(types.intp, block)
 
-    return types.intp(like), codegen
+    return types.intp(like, sum_bytes), codegen
+
+
+@kernel
+def _half_blocks(M):
+    """Whether the dense sums four at a time over rows of ``M`` go in blocks
+    of 128 bytes rather than 256 (see :func:`_by_four_block`)."""
+    row_bytes = M.shape[1] * M.itemsize
+    return 128 <= row_bytes < 256
 
 
 @kernel(noalias=True)
-def _add_dense_rows_by_four(out0, out1, out2, out3, x0, x1, x2, x3, M):
+def _add_dense_rows_by_four(out0, out1, out2, out3, x0, x1, x2, x3, M, sum_bytes):
     """``out_e += x_e @ M`` for four dense rows ``x_e`` (examples) at once:
     each row of ``M`` (of ``W1``) is read once for the four instead of once
-    for each, by blocks of hidden units summed in registers
-    (:func:`_by_four_block`), the rows added in order (so an example's sums
+    for each, by blocks of ``sum_bytes`` (256 or 128, a constant at the
+    call) of hidden units summed in registers (:func:`_by_four_block`), the
+    rows added in order (so an example's sums
     are those of :func:`_add_scaled` row by row). Against :func:`_add_rows`
     an example at a time, a batch of 200 examples of 500 dense features
     with 64 hidden units, two threads, in blocks of 64 units: 37 against
     123 us in float32, 103 against 217 us in float64 (two examples at a
     time: 50 and 96 us)."""
-    n_h, h0, block = out0.size, 0, _by_four_block(out0)
+    n_h, h0, block = out0.size, 0, _by_four_block(out0, literally(sum_bytes))
     while h0 + block <= n_h:
         for k in range(x0.size):
             a, b, c, d, m = x0[k], x1[k], x2[k], x3[k], M[k]
@@ -541,12 +564,13 @@ def _add_dense_rows_by_four(out0, out1, out2, out3, x0, x1, x2, x3, M):
 
 
 @kernel(noalias=True)
-def _add_dense_columns_by_four(out0, out1, out2, out3, X, rows, k, M):
+def _add_dense_columns_by_four(out0, out1, out2, out3, X, rows, k, M, sum_bytes):
     """``out_e += sum_r X[rows[r], k + e] * M[r]`` for the four features
     ``k`` to ``k + 3`` at once (four rows of ``dW1``): each row of ``M`` (of
     ``dZ1``) is read once for the four, the examples added in order, as
-    :func:`_add_dense_rows_by_four` does for examples."""
-    n_h, h0, block = out0.size, 0, _by_four_block(out0)
+    :func:`_add_dense_rows_by_four` does for examples (and with its
+    ``sum_bytes``)."""
+    n_h, h0, block = out0.size, 0, _by_four_block(out0, literally(sum_bytes))
     while h0 + block <= n_h:
         for r in range(rows.size):
             x, m = X[rows[r]], M[r]
@@ -1008,6 +1032,7 @@ def forward(X, rows, nonzeros, W1, b1, W2, b2, activation, A1, A2, part_sums):
     mask, _, _, (indptr, indices), _ = nonzeros
     m = rows.size
     by_parts = reads_by_word(nonzeros)
+    half = _half_blocks(W1)
     group = min(m, PART_GROUP) if by_parts else m
     for g0 in range(0, m, max(group, 1)):
         g1 = min(m, g0 + group)
@@ -1024,10 +1049,12 @@ def forward(X, rows, nonzeros, W1, b1, W2, b2, activation, A1, A2, part_sums):
                     r = first
                     for e in range(4):
                         _copy(b1, A1[r + e])
-                    _add_dense_rows_by_four(
-                        A1[r], A1[r + 1], A1[r + 2], A1[r + 3], X[rows[r]], X[rows[r + 1]],
-                        X[rows[r + 2]], X[rows[r + 3]], W1,
-                    )  # fmt: skip
+                    a0, a1, a2, a3 = A1[r], A1[r + 1], A1[r + 2], A1[r + 3]
+                    x0, x1, x2, x3 = X[rows[r]], X[rows[r + 1]], X[rows[r + 2]], X[rows[r + 3]]
+                    if half:  # the block is a constant in each call
+                        _add_dense_rows_by_four(a0, a1, a2, a3, x0, x1, x2, x3, W1, 128)
+                    else:
+                        _add_dense_rows_by_four(a0, a1, a2, a3, x0, x1, x2, x3, W1, 256)
                     first += 4
             for r in range(first, end):
                 a1 = A1[r]
@@ -1423,12 +1450,14 @@ def backward(
                 for k in range(k0, k1):
                     _add_marked_rows(dW1[k], X[:, k], rows[g0:g1], A1[g0:g1], by_feature[k - k0])
         else:  # dense: four features at a time, then the rest example by example
-            first = k0
+            first, half = k0, _half_blocks(W1)
             while first + 4 <= k1:
                 k = first
-                _add_dense_columns_by_four(
-                    dW1[k], dW1[k + 1], dW1[k + 2], dW1[k + 3], X, rows, k, A1
-                )
+                d0, d1, d2, d3 = dW1[k], dW1[k + 1], dW1[k + 2], dW1[k + 3]
+                if half:  # the block is a constant in each call
+                    _add_dense_columns_by_four(d0, d1, d2, d3, X, rows, k, A1, 128)
+                else:
+                    _add_dense_columns_by_four(d0, d1, d2, d3, X, rows, k, A1, 256)
                 first += 4
             if first < k1:  # only the last block, if short, can leave features over
                 for r in range(m):

@@ -252,11 +252,11 @@ def test_first_layer_by_parts_depends_on_the_example_alone(rng, dtype, n_x):
 @pytest.mark.parametrize("n_h", [24, 48, 64, 100, 136, 192])
 def test_sums_over_rows_add_the_rows_in_order(rng, dtype, n_h):
     # Whatever the hidden layer's size, the sums in blocks of HIDDEN_BLOCK
-    # units (or _by_four_block's, 32 float64 units for the dense sums) are
-    # those of adding the rows one by one: a last block that overlaps the one
-    # before (48 dense float64 units, 100, 136) leaves the units that block
-    # summed as they were, and a layer narrower than a block is summed as it
-    # goes.
+    # units (or _by_four_block's for the dense sums: 32 or 16 float64 units,
+    # 64 or 32 float32) are those of adding the rows one by one: a last block
+    # that overlaps the one before (48 units in blocks of 32, 100, 136) leaves
+    # the units that block summed as they were, and a layer narrower than a
+    # block is summed as it goes.
     M = rng.normal(size=(64, n_h)).astype(dtype)
     x = rng.normal(size=64).astype(dtype)
     start = rng.normal(size=n_h).astype(dtype)
@@ -272,18 +272,23 @@ def test_sums_over_rows_add_the_rows_in_order(rng, dtype, n_h):
     for name, actual in sums.items():
         np.testing.assert_array_equal(actual, expected, err_msg=name)
 
-    # The dense sums, four rows of X (examples) or four columns (features) at once.
+    # The dense sums, four rows of X (examples) or four columns (features) at
+    # once, in blocks of 256 or 128 bytes a sum.
     X = rng.normal(size=(64, 4)).astype(dtype)
-    by_rows = [start.copy() for _ in range(4)]
-    kernels._add_dense_rows_by_four(*by_rows, *X.T.copy(), M)
-    by_columns = [start.copy() for _ in range(4)]
-    kernels._add_dense_columns_by_four(*by_columns, X, np.arange(64), 0, M)
-    for e in range(4):
-        expected = start.copy()
-        for k in range(64):
-            kernels._add_scaled(expected, X[k, e], M[k])
-        np.testing.assert_array_equal(by_rows[e], expected, err_msg="dense rows")
-        np.testing.assert_array_equal(by_columns[e], expected, err_msg="dense columns")
+    for sum_bytes in (256, 128):
+        by_rows = [start.copy() for _ in range(4)]
+        kernels._add_dense_rows_by_four(*by_rows, *X.T.copy(), M, sum_bytes)
+        by_columns = [start.copy() for _ in range(4)]
+        kernels._add_dense_columns_by_four(*by_columns, X, np.arange(64), 0, M, sum_bytes)
+        for e in range(4):
+            expected = start.copy()
+            for k in range(64):
+                kernels._add_scaled(expected, X[k, e], M[k])
+            message = f"dense {{}}, blocks of {sum_bytes} bytes"
+            np.testing.assert_array_equal(by_rows[e], expected, err_msg=message.format("rows"))
+            np.testing.assert_array_equal(
+                by_columns[e], expected, err_msg=message.format("columns")
+            )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
