@@ -526,12 +526,11 @@ def _add_dense_rows_by_four(out0, out1, out2, out3, x0, x1, x2, x3, M, sum_bytes
     each row of ``M`` (of ``W1``) is read once for the four instead of once
     for each, by blocks of ``sum_bytes`` (256 or 128, a constant at the
     call) of hidden units summed in registers (:func:`_by_four_block`), the
-    rows added in order (so an example's sums
-    are those of :func:`_add_scaled` row by row). Against :func:`_add_rows`
-    an example at a time, a batch of 200 examples of 500 dense features
-    with 64 hidden units, two threads, in blocks of 64 units: 37 against
-    123 us in float32, 103 against 217 us in float64 (two examples at a
-    time: 50 and 96 us)."""
+    rows added in order (so an example's sums are those of
+    :func:`_add_scaled` row by row). Against :func:`_add_rows` an example at
+    a time, a batch of 200 examples of 500 dense features with 64 hidden
+    units, two threads, in blocks of 64 units: 37 against 123 us in float32,
+    103 against 217 us in float64 (two examples at a time: 50 and 96 us)."""
     n_h, h0, block = out0.size, 0, _by_four_block(out0, literally(sum_bytes))
     while h0 + block <= n_h:
         for k in range(x0.size):
