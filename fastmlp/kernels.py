@@ -439,7 +439,8 @@ overlapped units on the stack and putting them back instead made Numba
 count references to every argument at every call (W2 0.9x).
 
 A layer narrower than a block is summed row by row, in memory
-(:func:`_add_scaled`; the dense sums, four rows in one loop). The
+(:func:`_add_scaled`; the dense sums four rows in one loop, and only
+below 128 bytes: see :func:`_by_four_block`). The
 overlapping block reads each row through a slice that starts where the
 block does (``M[k, s:]``), not by an index from there (``m[s + h]``), which
 Numba cannot prove non-negative and so guards: loops indexed that way
@@ -1412,6 +1413,7 @@ def backward(
     n_x, n_h = W1.shape
     size, n_blocks, by_word = _dW1_blocks(nonzeros, n_x, n_h, W1.itemsize)
     word_mask = np.uint64(0xFFFFFFFFFFFFFFFF) >> np.uint64(64 - size)
+    half = _half_blocks(W1)
     for block in prange(n_blocks):
         k0, k1 = _block_rows(block, n_blocks, size, colptr, n_x, by_word)
         finite[block] = True
@@ -1449,7 +1451,7 @@ def backward(
                 for k in range(k0, k1):
                     _add_marked_rows(dW1[k], X[:, k], rows[g0:g1], A1[g0:g1], by_feature[k - k0])
         else:  # dense: four features at a time, then the rest example by example
-            first, half = k0, _half_blocks(W1)
+            first = k0
             while first + 4 <= k1:
                 k = first
                 d0, d1, d2, d3 = dW1[k], dW1[k + 1], dW1[k + 2], dW1[k + 3]
